@@ -1,0 +1,131 @@
+"""Typed params, loaded from params.yaml and validated once at stage start.
+
+Every key is required and unknown keys are rejected, so a typo fails loudly instead of silently
+falling back to a default. Errors name the file and the dotted key on one line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from seqlab.errors import SeqLabError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["shakespeare", "directory", "file"]
+    path: str = Field(min_length=1)  # corpus directory (train/valid/test.txt) or single file
+    valid_plays: list[str]  # shakespeare only: whole plays held out
+    test_plays: list[str]
+    valid_fraction: float = Field(gt=0, lt=1)  # file only: split by ratio
+    test_fraction: float = Field(gt=0, lt=1)
+    seed: int
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataParams":
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("valid_fraction + test_fraction must be below 1")
+        both = sorted(set(self.valid_plays) & set(self.test_plays))
+        if both:
+            raise ValueError(f"plays both in valid_plays and test_plays: {', '.join(both)}")
+        return self
+
+    @field_validator("valid_plays", "test_plays")
+    @classmethod
+    def _known_plays(cls, plays: list[str]) -> list[str]:
+        from seqlab.corpus import shakespeare_plays
+
+        known = shakespeare_plays()
+        for play in plays:
+            if play not in known:
+                raise ValueError(f"unknown play {play!r}; known plays: {', '.join(known)}")
+        return plays
+
+
+class TokenizeParams(_Section):
+    kind: Literal["word", "char", "bpe"]
+    lowercase: bool
+    pattern: str = Field(min_length=1)  # word tokens: a regular expression matched left to right
+    bpe_vocab_size: int = Field(ge=260, le=1_000_000)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from None
+        return value
+
+
+class VocabParams(_Section):
+    min_freq: int = Field(ge=1)
+    max_size: int | None = Field(ge=4)  # including the specials; null for no cap
+
+
+class ValidateParams(_Section):
+    min_tokens: int = Field(ge=0)  # bounds on tokens per line
+    max_tokens: int = Field(ge=1)
+    max_oov_rate: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ValidateParams":
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must not exceed max_tokens")
+        return self
+
+
+class TrackingParams(_Section):
+    experiment: str = Field(min_length=1)
+
+
+class Params(_Section):
+    data: DataParams
+    tokenize: TokenizeParams
+    vocab: VocabParams
+    validate_: ValidateParams = Field(alias="validate")
+    tracking: TrackingParams
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate the whole params file; raise SeqLabError naming the file and key."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqLabError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SeqLabError(f"{path}: not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise SeqLabError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise SeqLabError(describe_validation_error(path, err)) from None
+
+
+def describe_validation_error(path: str | Path, err: ValidationError) -> str:
+    """One line: ``file: dotted.key: what is wrong (got value)``, plus how many more problems."""
+    problems = err.errors()
+    first = problems[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "missing key"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and not isinstance(first["input"], (dict, list)):
+            message += f" (got {first['input']!r})"
+    more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+    return f"{path}: {key}: {message}{more}"

@@ -1,0 +1,114 @@
+"""Atomic writes, careful reads and hashing: the one place that touches output files."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from seqlab.errors import SeqLabError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
+
+    Works for files and directories. On failure the temporary path is removed and ``target`` is left
+    as it was, so a stage never leaves a half-written output behind.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staged = tmp / target.name
+    try:
+        yield staged
+        if not staged.exists():
+            raise RuntimeError(f"{target}: nothing was written")
+        _remove(target)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SeqLabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Read a UTF-8 text file, refusing missing, binary and non-UTF-8 files with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqLabError(f"{path}: file not found")
+    if not path.is_file():
+        raise SeqLabError(f"{path}: not a regular file")
+    data = path.read_bytes()
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise SeqLabError(f"{path}: binary file (NUL byte at offset {nul}), expected UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SeqLabError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from None
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file, without line endings.
+
+    Only \n and \r\n end a line: other separators (\x1c, \u2028, ...) stay inside the line, where
+    validation can see them.
+    """
+    lines = read_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_md5(path: str | os.PathLike) -> str:
+    """The hash DVC 3 records for ``path`` in dvc.lock: md5 of a file, or ``<md5>.dir`` of a directory
+    (md5 of the sorted JSON list of its files' md5 and relative paths)."""
+    path = Path(path)
+    if path.is_file():
+        return md5_file(path)
+    entries = sorted(
+        ({"md5": md5_file(f), "relpath": f.relative_to(path).as_posix()} for f in path.rglob("*") if f.is_file()),
+        key=lambda entry: entry["relpath"],
+    )
+    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(listing).hexdigest() + ".dir"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

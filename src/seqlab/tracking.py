@@ -1,0 +1,171 @@
+"""MLflow tracking: one parent run per ``dvc repro``, one child run per stage.
+
+DVC runs each stage in its own process, so stages find their shared parent run through a *pipeline
+key*: the id of the ``dvc`` process that started them (host, pid and start time), or
+``SEQLAB_PIPELINE_KEY`` when set (CI can name a run that way). A stage run outside DVC gets a parent
+of its own. Tracking defaults to a SQLite store in ``mlruns/`` with artifacts beside it;
+``MLFLOW_TRACKING_URI`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from seqlab.io import dvc_md5
+
+PIPELINE_KEY_TAG = "seqlab.pipeline_key"
+
+
+def project_root() -> Path:
+    """The DVC project root when run by DVC, else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root or project_root()) / 'mlruns' / 'mlflow.db'}"
+
+
+def pipeline_key() -> str:
+    """Equal for every stage of one ``dvc repro`` / ``dvc exp run``, different for the next one."""
+    if os.environ.get("SEQLAB_PIPELINE_KEY"):
+        return os.environ["SEQLAB_PIPELINE_KEY"]
+    import psutil
+
+    me = psutil.Process()
+    for process in me.parents():
+        try:
+            args = process.cmdline()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if any(Path(arg).name == "dvc" for arg in args[:3]) or args[1:3] == ["-m", "dvc"]:
+            me = process
+            break
+    return f"{socket.gethostname()}:{me.pid}:{int(me.create_time() * 1000)}"
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def flatten(params: Mapping, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class StageRun:
+    """What a stage logs: params, metrics, artifacts, dataset inputs and DVC data hashes."""
+
+    def __init__(self, mlflow, run_id: str, root: Path):
+        self._mlflow, self.run_id, self._root = mlflow, run_id, root
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._mlflow.set_tag(key, value)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path or path.name)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def log_dataset(self, frame, name: str, source: str | Path, context: str) -> None:
+        """Record a table the stage read (or wrote) as an MLflow dataset input."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = self._mlflow.data.from_pandas(frame, source=str(source), name=name)
+            self._mlflow.log_input(dataset, context=context)
+
+    def tag_data_hashes(self, kind: str, paths: list[str | Path]) -> None:
+        """Tag ``dvc.<kind>.<path>`` with the hash DVC records for it (``kind`` is deps or outs)."""
+        tags = {}
+        for path in map(Path, paths):
+            if path.exists():
+                name = path.resolve().relative_to(self._root).as_posix() if path.resolve().is_relative_to(self._root) else path.name
+                tags[f"dvc.{kind}.{name}"] = dvc_md5(path)
+        self._mlflow.set_tags(tags)
+
+
+def _experiment_id(client, name: str, root: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        artifacts = (root / "mlruns" / "artifacts").as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+def _parent_run(client, experiment_id: str, root: Path, all_params: Mapping) -> str:
+    key = pipeline_key()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {PIPELINE_KEY_TAG: key, "seqlab.run_kind": "pipeline"}
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
+    for name, value in flatten(all_params).items():
+        client.log_param(run.info.run_id, name, value)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping) -> Iterator[StageRun]:
+    """A child run named after ``stage`` under this pipeline's parent run.
+
+    ``params`` is the stage's slice of params.yaml (logged on the child), ``all_params`` the whole file
+    (logged once on the parent). A failing stage marks both runs FAILED.
+    """
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow
+    from mlflow import MlflowClient
+
+    root = project_root()
+    (root / "mlruns").mkdir(exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(root))
+    client = MlflowClient()
+    experiment_id = _experiment_id(client, experiment, root)
+    parent = _parent_run(client, experiment_id, root, all_params)
+    tags = {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    status = "FAILED"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
+        try:
+            mlflow.log_params(flatten(params))
+            yield StageRun(mlflow, run.info.run_id, root)
+            status = "FINISHED"
+        finally:
+            mlflow.end_run(status)
+            client.set_terminated(parent, status)
