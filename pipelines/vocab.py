@@ -29,7 +29,7 @@ def main() -> None:
         run.log_artifact(METRICS)
         run.set_tag("seqlab.vocab_sha256", vocab.sha256)
         run.tag_data_hashes("deps", [IN])
-        run.tag_data_hashes("outs", [OUT])
+        run.tag_data_hashes("outs", [OUT, METRICS])
         print(f"vocab: {len(vocab)} types, OOV valid {metrics['valid_oov_rate']:.2%} test {metrics['test_oov_rate']:.2%}")
 
 

@@ -177,7 +177,7 @@ def format_stream(tokens: list[list[str]]) -> str:
     out = []
     for number, line in enumerate(tokens, start=1):
         joined = " ".join(line)
-        if "" in line or len(joined.split(" ")) != len(line) or "\n" in joined:
+        if "" in line or (line and len(joined.split(" ")) != len(line)) or "\n" in joined:
             raise SeqLabError(f"line {number}: the tokenizer produced an empty token or one holding whitespace")
         out.append(joined + "\n")
     return "".join(out)

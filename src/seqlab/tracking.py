@@ -145,10 +145,11 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
     """
     import logging
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
     from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     root = project_root()
     (root / "mlruns").mkdir(exist_ok=True)

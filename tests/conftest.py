@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """A tiny directory corpus: train/valid/test.txt, one sequence per line."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    train = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the mat is red"] * 5
+    (root / "train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
+    (root / "valid.txt").write_text("the cat sat\nthe dog ran\n", encoding="utf-8")
+    (root / "test.txt").write_text("a dog sat on the mat\nthe bird sang\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_tracking(monkeypatch, tmp_path):
+    """Tests never write to the developer's own tracking store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SEQLAB_PIPELINE_KEY", raising=False)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seqlab.config import load_params
+from seqlab.errors import SeqLabError
+
+from conftest import REPO
+
+
+def write_params(tmp_path: Path, change) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(SeqLabError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "shakespeare"
+    assert params.tokenize.kind in {"word", "char", "bpe"}
+    assert params.validate_.max_oov_rate > 0
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p["vocab"].update(min_frq=3))
+    assert error_of(path) == f"{path}: vocab.min_frq: unknown key"
+
+
+def test_unknown_section_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p.update(trian={"epochs": 3}))
+    assert error_of(path) == f"{path}: trian: unknown key"
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p["vocab"].update(min_freq="two"))
+    message = error_of(path)
+    assert message.startswith(f"{path}: vocab.min_freq: ") and "'two'" in message
+
+
+def test_unknown_tokenizer_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p["tokenize"].update(kind="sentencepiece"))
+    message = error_of(path)
+    assert message.startswith(f"{path}: tokenize.kind: ") and "'word', 'char' or 'bpe'" in message
+
+
+def test_missing_key_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p["validate"].pop("max_oov_rate"))
+    assert error_of(path) == f"{path}: validate.max_oov_rate: missing key"
+
+
+def test_out_of_range_and_cross_field_checks(tmp_path):
+    assert "vocab.min_freq" in error_of(write_params(tmp_path, lambda p: p["vocab"].update(min_freq=0)))
+    both = lambda p: p["data"].update(valid_fraction=0.6, test_fraction=0.5)  # noqa: E731
+    assert "valid_fraction + test_fraction" in error_of(write_params(tmp_path, both))
+    bounds = lambda p: p["validate"].update(min_tokens=10, max_tokens=5)  # noqa: E731
+    assert "min_tokens must not exceed max_tokens" in error_of(write_params(tmp_path, bounds))
+    bad_regex = lambda p: p["tokenize"].update(pattern="(")  # noqa: E731
+    assert "tokenize.pattern: not a valid regular expression" in error_of(write_params(tmp_path, bad_regex))
+
+
+def test_unknown_play_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p["data"].update(test_plays=["hamelt"]))
+    message = error_of(path)
+    assert message.startswith(f"{path}: data.test_plays: unknown play 'hamelt'") and "hamlet" in message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    assert error_of(tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: file not found"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    assert error_of(bad).startswith(f"{bad}: not valid YAML")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    assert "expected a mapping" in error_of(scalar)

@@ -1,0 +1,197 @@
+"""End to end: `dvc repro` on a tiny corpus in a fresh git + DVC project, as a user runs it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def make_project(root: Path, **changes) -> Path:
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("pipelines", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    corpus = root / "data" / "corpus"
+    corpus.mkdir(parents=True)
+    train = ["the cat sat on the mat .", "the dog sat on the log .", "a cat and a dog ran ."] * 4
+    (corpus / "train.txt").write_text("\n".join(train) + "\n")
+    (corpus / "valid.txt").write_text("the cat ran .\nthe dog sat on a mat .\n")
+    (corpus / "test.txt").write_text("a dog sat on the mat .\nthe cat and the log .\n")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source="directory", path="data/corpus")
+    params["vocab"].update(min_freq=1)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(root, "git", "init", "-q")
+    sh(root, str(BIN / "dvc"), "init", "-q")
+    sh(root, str(BIN / "dvc"), "config", "core.analytics", "false")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
+    return root
+
+
+def env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "false"}
+
+
+def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(root, str(BIN / "dvc"), *args, check=check)
+
+
+def runs(root: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["seqlab"], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("project"))
+    dvc(root, "repro")
+    return root
+
+
+def test_repro_writes_every_stage_output(project):
+    for split in ("train", "valid", "test"):
+        assert (project / "data" / "prepared" / f"{split}.txt").exists()
+        assert (project / "data" / "tokens" / f"{split}.txt").exists()
+        assert (project / "data" / "tokens" / f"{split}.stats.parquet").exists()
+    assert (project / "data" / "tokens" / "train.txt").read_text().splitlines()[0] == "the cat sat on the mat ."
+    metrics = yaml.safe_load((project / "metrics" / "vocab.json").read_text())
+    assert metrics["vocab_size"] == 3 + 11 and metrics["test_oov_tokens"] == 0
+    assert metrics["valid_oov_rate"] == 0.0 and metrics["valid_tokens"] == 11
+
+
+def test_one_parent_run_with_a_child_per_stage(project):
+    frame = runs(project)
+    parents = frame[frame["tags.mlflow.parentRunId"].isna()]
+    children = frame[frame["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
+    assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
+    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab"]
+    assert set(children["status"]) == {"FINISHED"}
+    commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+    assert set(frame["tags.mlflow.source.git.commit"]) == {commit}
+    assert parents.iloc[0]["params.tokenize.kind"] == "word"
+    vocab_run = children[children["tags.mlflow.runName"] == "vocab"].iloc[0]
+    assert vocab_run["params.vocab.min_freq"] == "1" and vocab_run["metrics.vocab_size"] == 14
+
+
+def test_data_hash_tags_equal_dvc_lock(project):
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    frame = runs(project).set_index("tags.mlflow.runName")
+    for stage in ("prepare", "tokenize", "vocab"):
+        for out in lock[stage]["outs"]:
+            assert frame.loc[stage, f"tags.dvc.outs.{out['path']}"] == out["md5"]
+        for dep in lock[stage]["deps"]:
+            if dep["path"].startswith("data/") and f"tags.dvc.deps.{dep['path']}" in frame.columns:
+                assert frame.loc[stage, f"tags.dvc.deps.{dep['path']}"] == dep["md5"]
+
+
+def test_logged_dataset_inputs(project):
+    from mlflow import MlflowClient
+
+    frame = runs(project).set_index("tags.mlflow.runName")
+    inputs = MlflowClient().get_run(frame.loc["tokenize", "run_id"]).inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["test.stats", "train.stats", "valid.stats"]
+
+
+def test_second_repro_changes_nothing(project):
+    lock = (project / "dvc.lock").read_text()
+    before = len(runs(project))
+    result = dvc(project, "repro")
+    assert "Data and pipelines are up to date." in result.stdout
+    assert (project / "dvc.lock").read_text() == lock
+    assert len(runs(project)) == before
+    assert dvc(project, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_param_change_reruns_downstream_stages_under_a_new_parent(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["vocab"]["max_size"] = 10
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = runs(project)
+    result = dvc(project, "repro")
+    assert "Stage 'prepare' didn't change" in result.stdout and "Running stage 'vocab'" in result.stdout
+    new = runs(project).iloc[len(before):]
+    assert list(new["tags.mlflow.runName"].str.replace(r"^pipeline .*", "pipeline", regex=True)) == [
+        "pipeline", "vocab"
+    ]
+    assert yaml.safe_load((project / "metrics" / "vocab.json").read_text())["vocab_size"] == 10
+
+
+# --- bad input: one line naming the file and key, non-zero exit, no partial output ------------------
+
+
+def run_stage(root: Path, stage: str) -> subprocess.CompletedProcess:
+    result = sh(root, sys.executable, f"pipelines/{stage}.py", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == errors[0]
+    assert not list((root / "data").glob(".*.tmp")), "a temporary output was left behind"
+    return result
+
+
+def last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        ({"data__path": "data/missing"}, "error: data/missing: corpus directory not found (corpus set by params.yaml: data.path)"),
+        ({"data__source": "file", "data__path": "data/corpus/empty.txt"}, "error: data/corpus/empty.txt: no sequences"),
+        ("latin1", "error: data/corpus/train.txt: not UTF-8 text (invalid byte at offset 2)"),
+        ("binary", "error: data/corpus/valid.txt: binary file (NUL byte at offset 2)"),
+        ("empty-split", "error: data/corpus/test.txt: split 'test' has no sequences"),
+    ],
+)
+def test_bad_corpus(tmp_path, setup, expected):
+    root = make_project(tmp_path, **(setup if isinstance(setup, dict) else {}))
+    corpus = root / "data" / "corpus"
+    (corpus / "empty.txt").write_text("")
+    if setup == "latin1":
+        (corpus / "train.txt").write_bytes("naïve café\n".encode("latin-1"))
+    elif setup == "binary":
+        (corpus / "valid.txt").write_bytes(b"\x89P\x00\x01\x02")
+    elif setup == "empty-split":
+        (corpus / "test.txt").write_text("\n \n")
+    result = run_stage(root, "prepare")
+    assert last_line(result).startswith(expected)
+    assert not (root / "data" / "prepared").exists()
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"tokenize__kind": "sentencepiece"}, "error: params.yaml: tokenize.kind: Input should be 'word', 'char' or 'bpe'"),
+        ({"vocab__min_frq": 2}, "error: params.yaml: vocab.min_frq: unknown key"),
+        ({"vocab__min_freq": "2"}, "error: params.yaml: vocab.min_freq: Input should be a valid integer (got '2')"),
+    ],
+)
+def test_bad_params(tmp_path, change, expected):
+    root = make_project(tmp_path, **change)
+    result = dvc(root, "repro", check=False)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert not (root / "data" / "prepared").exists()

@@ -1,0 +1,86 @@
+import pytest
+
+from seqlab.errors import SeqLabError
+from seqlab.tokenize import (
+    SPACE,
+    CharTokenizer,
+    WordTokenizer,
+    fit_tokenizer,
+    format_stream,
+    line_stats,
+    load_tokenizer,
+    read_stream,
+    save_tokenizer,
+    tokenize_lines,
+)
+
+TRAIN = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind to suffer"] * 20
+
+
+def fit(kind, **overrides):
+    options = {"lowercase": False, "pattern": WordTokenizer.pattern, "bpe_vocab_size": 300} | overrides
+    return fit_tokenizer(kind, TRAIN, **options)
+
+
+def test_word_tokens_and_lowercasing():
+    assert fit("word").tokenize("O'er the shame-faced moon, 'tis late!") == [
+        "O'er", "the", "shame-faced", "moon", ",", "'", "tis", "late", "!",
+    ]
+    assert fit("word", lowercase=True).tokenize("To BE") == ["to", "be"]
+
+
+def test_states_split_on_whitespace():
+    tokenizer = fit("word", pattern=r"\S+")
+    assert tokenizer.tokenize("login view_item add-to-cart pay") == ["login", "view_item", "add-to-cart", "pay"]
+
+
+def test_char_tokens_round_trip():
+    tokenizer = fit("char")
+    tokens = tokenizer.tokenize("to be, or")
+    assert tokens == ["t", "o", SPACE, "b", "e", ",", SPACE, "o", "r"]
+    assert tokenizer.detokenize(tokens) == "to be, or"
+
+
+def test_bpe_learns_from_train_only_and_round_trips():
+    tokenizer = fit("bpe")
+    line = "To be, or not to be: that is the question."
+    tokens = tokenizer.tokenize(line)
+    assert len(tokens) < len(line) / 2  # merges were learnt from train
+    assert tokenizer.detokenize(tokens) == line
+    unseen = "Zebras quietly vex jumpy wolves ü"
+    assert tokenizer.detokenize(tokenizer.tokenize(unseen)) == unseen  # byte-level: nothing is lost
+    assert fit("bpe").to_dict() == tokenizer.to_dict()  # deterministic
+
+
+@pytest.mark.parametrize("kind", ["word", "char", "bpe"])
+def test_tokenizer_file_round_trip(tmp_path, kind):
+    tokenizer = fit(kind, lowercase=True)
+    save_tokenizer(tokenizer, tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    assert loaded.to_dict() == tokenizer.to_dict()
+    assert tokenize_lines(loaded, TRAIN[:2]) == tokenize_lines(tokenizer, TRAIN[:2])
+
+
+def test_unknown_tokenizer():
+    with pytest.raises(SeqLabError, match="unknown tokenizer 'sentencepiece'"):
+        fit("sentencepiece")
+
+
+def test_corrupt_tokenizer_file(tmp_path):
+    (tmp_path / "t.json").write_text('{"kind": "bpe", "lowercase": false, "model": {"nonsense": 1}}')
+    with pytest.raises(SeqLabError, match="t.json: not a SeqLab tokenizer file"):
+        load_tokenizer(tmp_path / "t.json")
+
+
+def test_stream_file_round_trip_and_refuses_whitespace_tokens(tmp_path):
+    tokens = [["a", "b"], [], ["c"]]
+    (tmp_path / "s.txt").write_text(format_stream(tokens), encoding="utf-8")
+    assert read_stream(tmp_path / "s.txt") == tokens
+    with pytest.raises(SeqLabError, match="line 2: the tokenizer produced an empty token or one holding whitespace"):
+        format_stream([["a"], ["b c"]])
+
+
+def test_line_stats_count_tokens_chars_and_control_characters():
+    lines = ["ab cd", "x\x07y"]
+    stats = line_stats(lines, [["ab", "cd"], ["x", "y"]])
+    assert stats.to_dict("list") == {"line": [0, 1], "n_tokens": [2, 2], "n_chars": [5, 3], "n_control": [0, 1]}
