@@ -1,5 +1,6 @@
 """End to end: `dvc repro` on a tiny corpus in a fresh git + DVC project, as a user runs it."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,7 +66,7 @@ def runs(root: Path):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("project"))
+    root = make_project(tmp_path_factory.mktemp("project"), validate__max_oov_rate=0.5)
     dvc(root, "repro")
     return root
 
@@ -79,6 +80,9 @@ def test_repro_writes_every_stage_output(project):
     metrics = yaml.safe_load((project / "metrics" / "vocab.json").read_text())
     assert metrics["vocab_size"] == 3 + 11 and metrics["test_oov_tokens"] == 0
     assert metrics["valid_oov_rate"] == 0.0 and metrics["valid_tokens"] == 11
+    result = json.loads((project / "data" / "validation" / "result.json").read_text())
+    assert result["success"] is True and len(result["tables"]) == 5
+    assert (project / "data" / "validation" / "docs" / "index.html").exists()
 
 
 def test_one_parent_run_with_a_child_per_stage(project):
@@ -87,7 +91,7 @@ def test_one_parent_run_with_a_child_per_stage(project):
     children = frame[frame["tags.mlflow.parentRunId"].notna()]
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
-    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab"]
+    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate"]
     assert set(children["status"]) == {"FINISHED"}
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert set(frame["tags.mlflow.source.git.commit"]) == {commit}
@@ -99,7 +103,7 @@ def test_one_parent_run_with_a_child_per_stage(project):
 def test_data_hash_tags_equal_dvc_lock(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     frame = runs(project).set_index("tags.mlflow.runName")
-    for stage in ("prepare", "tokenize", "vocab"):
+    for stage in ("prepare", "tokenize", "vocab", "validate"):
         for out in lock[stage]["outs"]:
             assert frame.loc[stage, f"tags.dvc.outs.{out['path']}"] == out["md5"]
         for dep in lock[stage]["deps"]:
@@ -134,7 +138,7 @@ def test_param_change_reruns_downstream_stages_under_a_new_parent(project):
     assert "Stage 'prepare' didn't change" in result.stdout and "Running stage 'vocab'" in result.stdout
     new = runs(project).iloc[len(before):]
     assert list(new["tags.mlflow.runName"].str.replace(r"^pipeline .*", "pipeline", regex=True)) == [
-        "pipeline", "vocab"
+        "pipeline", "vocab", "validate"
     ]
     assert yaml.safe_load((project / "metrics" / "vocab.json").read_text())["vocab_size"] == 10
 
@@ -195,3 +199,19 @@ def test_bad_params(tmp_path, change, expected):
     assert result.returncode != 0
     assert expected in result.stderr
     assert not (root / "data" / "prepared").exists()
+
+
+def test_failing_expectation_stops_repro_and_names_it(tmp_path):
+    root = make_project(tmp_path, validate__max_tokens=6)
+    result = dvc(root, "repro", check=False)
+    assert result.returncode != 0
+    between = "expect_column_values_to_be_between(column='n_tokens', min_value=1, max_value=6)"
+    assert (
+        f"error: validation failed, 3 of 14 expectations: train.stats: {between} failed for 12 of 12 rows"
+        f" (e.g. 7, 7, 7); valid.stats: {between} failed for 1 of 2 rows (e.g. 7); test.stats: {between}"
+        " failed for 1 of 2 rows (e.g. 7) (see data/validation/docs/index.html)\n"
+    ) in result.stderr
+    assert (root / "data" / "validation" / "docs" / "index.html").exists()  # the report, to see why
+    frame = runs(root)
+    assert frame.set_index("tags.mlflow.runName").loc["validate", "status"] == "FAILED"
+    assert frame[frame["tags.mlflow.parentRunId"].isna()].iloc[0]["status"] == "FAILED"

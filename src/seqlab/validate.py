@@ -1,0 +1,136 @@
+"""The Great Expectations suite over the token stats and the vocabulary, with Data Docs.
+
+Tables checked (one expectation suite each):
+
+* ``train.stats`` / ``valid.stats`` / ``test.stats`` — one row per line: the split is not empty,
+  tokens per line lie within bounds, no line holds a control character;
+* ``vocab`` — one row per entry: entries are unique and non-empty, the specials are present, no entry
+  holds a control character;
+* ``oov`` — one row per held-out split: the out-of-vocabulary rate is under the ceiling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from seqlab.vocab import SPECIALS
+
+SUITE = "seqlab"
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
+
+
+@dataclass(frozen=True)
+class Failure:
+    table: str
+    expectation: str
+    kwargs: dict
+    detail: str
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={_plain(v)!r}" for k, v in self.kwargs.items())
+        return f"{self.table}: {self.expectation}({args}) {self.detail}"
+
+
+def _plain(value):
+    """GE stores bounds as floats; show 5.0 as 5."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def expectations(min_tokens: int, max_tokens: int, max_oov_rate: float, splits=("train", "valid", "test")) -> dict:
+    """The suite, table by table."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = {
+        f"{split}.stats": [
+            E.ExpectTableRowCountToBeBetween(min_value=1),
+            E.ExpectColumnValuesToBeBetween(column="n_tokens", min_value=min_tokens, max_value=max_tokens),
+            E.ExpectColumnValuesToBeBetween(column="n_control", min_value=0, max_value=0),
+        ]
+        for split in splits
+    }
+    suite["vocab"] = [
+        E.ExpectColumnValuesToBeUnique(column="token"),
+        E.ExpectColumnValueLengthsToBeBetween(column="token", min_value=1),
+        E.ExpectColumnDistinctValuesToContainSet(column="token", value_set=list(SPECIALS)),
+        E.ExpectColumnValuesToNotMatchRegex(column="token", regex=CONTROL_CHARACTERS),
+    ]
+    suite["oov"] = [E.ExpectColumnValuesToBeBetween(column="oov_rate", min_value=0, max_value=max_oov_rate)]
+    return suite
+
+
+def run_suite(tables: dict[str, pd.DataFrame], suite: dict, docs_dir: Path) -> tuple[dict, list[Failure]]:
+    """Validate each table against its expectations; render Data Docs HTML into ``docs_dir``.
+
+    Returns the JSON-ready result and the failed expectations. Uses an ephemeral (in-memory)
+    context: nothing is written but ``docs_dir``.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+            data_docs_sites={
+                "docs": {
+                    "class_name": "SiteBuilder",
+                    "show_how_to_buttons": False,
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": str(Path(docs_dir).resolve()),
+                    },
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                }
+            },
+        ),
+    )
+    source = context.data_sources.add_pandas(name="seqlab")
+    results, failures = {}, []
+    for table, frame in tables.items():
+        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
+        expectation_suite = context.suites.add(gx.ExpectationSuite(name=f"{SUITE}.{table}"))
+        for expectation in suite[table]:
+            expectation_suite.add_expectation(expectation.copy(update={"id": None}, deep=True))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{SUITE}.{table}", data=batch, suite=expectation_suite)
+        )
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        described = result.describe_dict()
+        for entry, raw in zip(described["expectations"], result.results):
+            entry.pop("exception_info", None)
+            if not entry["success"]:
+                failures.append(_failure(table, entry, raw, len(frame)))
+        results[table] = described
+    context.build_data_docs(site_names=["docs"])
+    return {"success": not failures, "suite": SUITE, "tables": results}, failures
+
+
+def _failure(table: str, entry: dict, raw, rows: int) -> Failure:
+    kwargs = {k: v for k, v in entry["kwargs"].items() if k not in ("batch_id",) and v is not None}
+    result = entry.get("result") or {}
+    if raw.exception_info and any(
+        isinstance(info, dict) and info.get("raised_exception") for info in [raw.exception_info, *raw.exception_info.values()]
+    ):
+        detail = "could not be evaluated"
+    elif result.get("unexpected_count") is not None:
+        examples = ", ".join(repr(v) for v in (result.get("partial_unexpected_list") or [])[:3])
+        detail = f"failed for {result['unexpected_count']} of {rows} rows" + (f" (e.g. {examples})" if examples else "")
+    elif result.get("partial_missing_list"):
+        detail = f"failed: missing {', '.join(map(repr, result['partial_missing_list']))}"
+    else:
+        detail = f"failed (observed {result.get('observed_value')!r})"
+    return Failure(table, entry["expectation_type"], kwargs, detail)
