@@ -21,7 +21,9 @@ def corpus_dir(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _no_outside_tracking(monkeypatch, tmp_path):
     """Tests never write to the developer's own tracking store."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("SEQLAB_PIPELINE_KEY", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "SEQLAB_PIPELINE_KEY", "DVC_ROOT", "DVC_EXP_NAME"):
+        # set, then delete: monkeypatch then restores the original even when MLflow sets it meanwhile
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

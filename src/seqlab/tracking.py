@@ -28,10 +28,13 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
-def tracking_uri(root: Path | None = None) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(root or project_root()) / 'mlruns' / 'mlflow.db'}"
+def local_store(root: Path) -> str:
+    """The default tracking store: SQLite in ``<root>/mlruns``, artifacts in ``<root>/mlruns/artifacts``."""
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store(root)
 
 
 def pipeline_key() -> str:
@@ -107,13 +110,10 @@ class StageRun:
         self._mlflow.set_tags(tags)
 
 
-def _experiment_id(client, name: str, root: Path) -> str:
+def _experiment_id(client, name: str, artifacts: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        artifacts = (root / "mlruns" / "artifacts").as_uri()
     return client.create_experiment(name, artifact_location=artifacts)
 
 
@@ -130,7 +130,11 @@ def _parent_run(client, experiment_id: str, root: Path, all_params: Mapping) -> 
     commit = git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    run = client.create_run(experiment_id, run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
+    name = f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        name = f"exp {os.environ['DVC_EXP_NAME']}"
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     for name, value in flatten(all_params).items():
         client.log_param(run.info.run_id, name, value)
     return run.info.run_id
@@ -152,10 +156,14 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     root = project_root()
-    (root / "mlruns").mkdir(exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(root))
+    uri = tracking_uri(root)
+    artifacts = None  # a tracking server decides where artifacts go
+    if uri == local_store(root):
+        (root / "mlruns").mkdir(exist_ok=True)
+        artifacts = (root / "mlruns" / "artifacts").as_uri()
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
-    experiment_id = _experiment_id(client, experiment, root)
+    experiment_id = _experiment_id(client, experiment, artifacts)
     parent = _parent_run(client, experiment_id, root, all_params)
     tags = {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
     commit = git_commit(root)

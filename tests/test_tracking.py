@@ -1,0 +1,61 @@
+import pytest
+
+from seqlab.tracking import flatten, stage_run
+
+PARAMS = {"vocab": {"min_freq": 2, "max_size": None}, "tracking": {"experiment": "t"}}
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("SEQLAB_PIPELINE_KEY", "test-pipeline")
+    return tmp_path
+
+
+def all_runs(uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["t"], order_by=["attributes.start_time ASC"])
+
+
+def test_stages_of_one_pipeline_share_a_parent(root):
+    with stage_run("first", "t", {"vocab": PARAMS["vocab"]}, PARAMS) as run:
+        run.log_metrics({"size": 3})
+        (root / "out.txt").write_text("x")
+        run.log_artifact(root / "out.txt")
+        run.tag_data_hashes("outs", [root / "out.txt"])
+    with stage_run("second", "t", {}, PARAMS):
+        pass
+    frame = all_runs(f"sqlite:///{root}/mlruns/mlflow.db")
+    assert list(frame["tags.mlflow.runName"].iloc[1:]) == ["first", "second"]
+    parent = frame.iloc[0]
+    assert parent["tags.seqlab.pipeline_key"] == "test-pipeline" and parent["status"] == "FINISHED"
+    assert set(frame["tags.mlflow.parentRunId"].iloc[1:]) == {parent["run_id"]}
+    assert parent["params.vocab.min_freq"] == "2" and parent["params.tracking.experiment"] == "t"
+    first = frame.iloc[1]
+    assert first["metrics.size"] == 3 and first["params.vocab.max_size"] == "None"
+    assert first["tags.dvc.outs.out.txt"] == "9dd4e461268c8034f5c8564e155c67a6"  # md5 of "x"
+    assert (root / "mlruns" / "artifacts").is_dir()
+
+
+def test_a_failing_stage_fails_its_run_and_the_parent(root):
+    with pytest.raises(RuntimeError, match="boom"):
+        with stage_run("broken", "t", {}, PARAMS):
+            raise RuntimeError("boom")
+    frame = all_runs(f"sqlite:///{root}/mlruns/mlflow.db")
+    assert list(frame["status"]) == ["FAILED", "FAILED"]
+
+
+def test_tracking_uri_from_the_environment(root, tmp_path_factory, monkeypatch):
+    elsewhere = tmp_path_factory.mktemp("server")
+    uri = f"sqlite:///{elsewhere}/store.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with stage_run("first", "t", {}, PARAMS):
+        pass
+    assert len(all_runs(uri)) == 2
+    assert not (root / "mlruns").exists()
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
