@@ -65,6 +65,8 @@ def test_out_of_range_and_cross_field_checks(tmp_path):
     assert "valid_fraction + test_fraction" in error_of(write_params(tmp_path, both))
     bounds = lambda p: p["validate"].update(min_tokens=10, max_tokens=5)  # noqa: E731
     assert "min_tokens must not exceed max_tokens" in error_of(write_params(tmp_path, bounds))
+    no_test = lambda p: p["data"].update(test_plays=[])  # noqa: E731
+    assert "valid_plays and test_plays each need at least one play" in error_of(write_params(tmp_path, no_test))
     bad_regex = lambda p: p["tokenize"].update(pattern="(")  # noqa: E731
     assert "tokenize.pattern: not a valid regular expression" in error_of(write_params(tmp_path, bad_regex))
 

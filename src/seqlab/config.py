@@ -33,6 +33,8 @@ class DataParams(_Section):
     def _check(self) -> "DataParams":
         if self.valid_fraction + self.test_fraction >= 1:
             raise ValueError("valid_fraction + test_fraction must be below 1")
+        if self.source == "shakespeare" and not (self.valid_plays and self.test_plays):
+            raise ValueError("valid_plays and test_plays each need at least one play")
         both = sorted(set(self.valid_plays) & set(self.test_plays))
         if both:
             raise ValueError(f"plays both in valid_plays and test_plays: {', '.join(both)}")
