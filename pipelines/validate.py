@@ -40,7 +40,7 @@ def main() -> None:
             raise SeqLabError(
                 f"validation failed, {len(failures)} of {checked} expectations: {listed} (see {OUT}/docs/index.html)"
             )
-        run.tag_data_hashes("outs", [OUT])
+        run.tag_data_hashes("outs", [f"{OUT}/result.json", f"{OUT}/docs"])
         print(f"validate: {checked} expectations passed -> {OUT}/docs/index.html")
 
 

@@ -49,3 +49,12 @@ def test_each_failing_expectation_is_named(tmp_path):
         "vocab: expect_column_values_to_not_match_regex(column='token', regex='[\\\\x00-\\\\x1f\\\\x7f-\\\\x9f]') failed for 1 of 5 rows (e.g. 'ca\\x07t')",
     ]
     assert (tmp_path / "docs" / "index.html").exists()
+
+
+def test_a_missing_column_is_reported_not_crashed(tmp_path):
+    broken = tables(**{"train.stats": tables()["train.stats"].drop(columns="n_control")})
+    _, failures = run_suite(broken, expectations(1, 10, 0.05), tmp_path / "docs")
+    assert [str(f) for f in failures] == [
+        "train.stats: expect_column_values_to_be_between(column='n_control', min_value=0, max_value=0)"
+        ' could not be evaluated: Error: The column "n_control" in BatchData does not exist.'
+    ]

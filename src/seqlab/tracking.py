@@ -43,16 +43,16 @@ def pipeline_key() -> str:
         return os.environ["SEQLAB_PIPELINE_KEY"]
     import psutil
 
-    me = psutil.Process()
-    for process in me.parents():
+    anchor = psutil.Process()
+    for process in anchor.parents():
         try:
             args = process.cmdline()
         except (psutil.AccessDenied, psutil.NoSuchProcess):
             continue
         if any(Path(arg).name == "dvc" for arg in args[:3]) or args[1:3] == ["-m", "dvc"]:
-            me = process
+            anchor = process
             break
-    return f"{socket.gethostname()}:{me.pid}:{int(me.create_time() * 1000)}"
+    return f"{socket.gethostname()}:{anchor.pid}:{int(anchor.create_time() * 1000)}"
 
 
 def git_commit(root: Path) -> str | None:
@@ -117,7 +117,7 @@ def _experiment_id(client, name: str, artifacts: str | None) -> str:
     return client.create_experiment(name, artifact_location=artifacts)
 
 
-def _parent_run(client, experiment_id: str, root: Path, all_params: Mapping) -> str:
+def _parent_run(client, experiment_id: str, all_params: Mapping, tags: Mapping[str, str]) -> str:
     key = pipeline_key()
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1
@@ -126,17 +126,15 @@ def _parent_run(client, experiment_id: str, root: Path, all_params: Mapping) -> 
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    tags = {PIPELINE_KEY_TAG: key, "seqlab.run_kind": "pipeline"}
-    commit = git_commit(root)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags = {**tags, PIPELINE_KEY_TAG: key, "seqlab.run_kind": "pipeline"}
     name = f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
     if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
         name = f"exp {os.environ['DVC_EXP_NAME']}"
+    from mlflow.entities import Param
+
     run = client.create_run(experiment_id, run_name=name, tags=tags)
-    for name, value in flatten(all_params).items():
-        client.log_param(run.info.run_id, name, value)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten(all_params).items()])
     return run.info.run_id
 
 
@@ -164,11 +162,10 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     experiment_id = _experiment_id(client, experiment, artifacts)
-    parent = _parent_run(client, experiment_id, root, all_params)
-    tags = {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
     commit = git_commit(root)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags = {"mlflow.source.git.commit": commit} if commit else {}
+    parent = _parent_run(client, experiment_id, all_params, tags)
+    tags |= {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
     status = "FAILED"
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
         try:

@@ -112,6 +112,8 @@ def run_suite(tables: dict[str, pd.DataFrame], suite: dict, docs_dir: Path) -> t
         described = result.describe_dict()
         for entry, raw in zip(described["expectations"], result.results):
             entry.pop("exception_info", None)
+            if "partial_missing_list" in (entry.get("result") or {}):  # built from a set: order varies
+                entry["result"]["partial_missing_list"].sort(key=str)
             if not entry["success"]:
                 failures.append(_failure(table, entry, raw, len(frame)))
         results[table] = described
@@ -122,10 +124,10 @@ def run_suite(tables: dict[str, pd.DataFrame], suite: dict, docs_dir: Path) -> t
 def _failure(table: str, entry: dict, raw, rows: int) -> Failure:
     kwargs = {k: v for k, v in entry["kwargs"].items() if k not in ("batch_id",) and v is not None}
     result = entry.get("result") or {}
-    if raw.exception_info and any(
-        isinstance(info, dict) and info.get("raised_exception") for info in [raw.exception_info, *raw.exception_info.values()]
-    ):
-        detail = "could not be evaluated"
+    info = raw.exception_info or {}
+    raised = [part for part in [info, *info.values()] if isinstance(part, dict) and part.get("raised_exception")]
+    if raised:
+        detail = f"could not be evaluated: {raised[0].get('exception_message')}"
     elif result.get("unexpected_count") is not None:
         examples = ", ".join(repr(v) for v in (result.get("partial_unexpected_list") or [])[:3])
         detail = f"failed for {result['unexpected_count']} of {rows} rows" + (f" (e.g. {examples})" if examples else "")
