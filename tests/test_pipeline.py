@@ -215,3 +215,11 @@ def test_failing_expectation_stops_repro_and_names_it(tmp_path):
     frame = runs(root)
     assert frame.set_index("tags.mlflow.runName").loc["validate", "status"] == "FAILED"
     assert frame[frame["tags.mlflow.parentRunId"].isna()].iloc[0]["status"] == "FAILED"
+
+
+def test_missing_corpus_path_stops_repro_before_the_stage_runs(tmp_path):
+    root = make_project(tmp_path, data__path="data/nope")
+    result = dvc(root, "repro", check=False)
+    assert result.returncode != 0
+    assert f"ERROR: failed to reproduce 'prepare': [Errno 2] No such file or directory: '{root / 'data' / 'nope'}'" in result.stderr
+    assert not (root / "data" / "prepared").exists()
