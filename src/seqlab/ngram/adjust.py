@@ -1,0 +1,22 @@
+"""Step 2, adjust counts: Kneser-Ney continuation counts for the lower orders.
+
+The highest order keeps raw counts. A lower-order n-gram's adjusted count is the number of distinct
+words seen before it (``N1+(. g)``), except for n-grams that start with ``<s>``: nothing can precede
+them, so they keep their raw counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqlab.ngram.counts import Table
+
+
+def adjusted_counts(tables: list[Table], bos: int) -> list[np.ndarray]:
+    adjusted = [np.zeros(0)] * len(tables)
+    adjusted[-1] = tables[-1].counts.astype(np.int64)
+    for k in range(len(tables) - 1, 0, -1):
+        lower, higher = tables[k - 1], tables[k]
+        continuation = np.bincount(higher.suffix, minlength=len(lower)).astype(np.int64)
+        adjusted[k - 1] = np.where(lower.first == bos, lower.counts, continuation)
+    return adjusted

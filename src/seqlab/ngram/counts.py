@@ -1,0 +1,98 @@
+"""Step 1, count: n-gram tables of every order, built with numpy over integer ids.
+
+Sentences are padded as ``<s> w1 ... wm </s>`` (one ``<s>``, one ``</s>``) and every window of
+length 1..N inside a sentence is counted. An order-k table is keyed by ``prefix * V + word``,
+where ``prefix`` is the rank of the (k-1)-gram prefix in the order k-1 table (for order 1 the
+rank is the word id itself: the unigram table holds the whole vocabulary). Keys are sorted, so a
+table is the lexicographically sorted list of its n-grams, and looking one up is a binary search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Table:
+    """The n-grams of one order, sorted; ``suffix`` is the rank of each n-gram without its first word."""
+
+    order: int
+    keys: np.ndarray  # int64, sorted unique: prefix * V + word
+    counts: np.ndarray  # int64 raw counts
+    prefix: np.ndarray  # int64 rank of the (order-1)-gram prefix (order 1: 0)
+    word: np.ndarray  # int64 last word
+    suffix: np.ndarray  # int64 rank of the suffix in the order-1 table (order 1: -1)
+    first: np.ndarray  # int64 first word
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class Segments:
+    """Token ids laid end to end, each segment (a padded sentence) with its own id."""
+
+    ids: np.ndarray  # int64
+    segment: np.ndarray  # int64, segment index of each position
+    offset: np.ndarray  # int64, position within its segment
+
+    @classmethod
+    def from_sentences(cls, sentences: list[list[int]], bos: int | None, eos: int | None) -> "Segments":
+        head, tail = ([bos] if bos is not None else []), ([eos] if eos is not None else [])
+        padded = [head + list(s) + tail for s in sentences]
+        lengths = np.fromiter((len(p) for p in padded), dtype=np.int64, count=len(padded))
+        ids = np.fromiter((t for p in padded for t in p), dtype=np.int64, count=int(lengths.sum()))
+        segment = np.repeat(np.arange(len(padded), dtype=np.int64), lengths)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
+        offset = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
+        return cls(ids, segment, offset)
+
+
+def lookup(table: Table, prefix: np.ndarray, word: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Rank of each (prefix rank, word) n-gram in ``table``, or -1 where it is absent or prefix < 0."""
+    if table.order == 1:
+        return word.copy()
+    key = prefix * vocab_size + word
+    idx = np.searchsorted(table.keys, key)
+    idx_clipped = np.minimum(idx, max(len(table.keys) - 1, 0))
+    found = (prefix >= 0) & (idx < len(table.keys))
+    if len(table.keys):
+        found &= table.keys[idx_clipped] == key
+    return np.where(found, idx_clipped, -1)
+
+
+def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) -> list[np.ndarray]:
+    """``ranks[k-1][t]``: rank of the k-gram ending at position t (-1 if absent or it would cross
+    the segment start). The k-gram's prefix is the (k-1)-gram ending at t-1."""
+    ids = segments.ids
+    ranks = [ids.copy()]
+    for table in tables[1:]:
+        prev = np.full(len(ids), -1, dtype=np.int64)
+        prev[1:] = ranks[-1][:-1]
+        prev[segments.offset < table.order - 1] = -1
+        ranks.append(lookup(table, prev, ids, vocab_size))
+    return ranks
+
+
+def count(segments: Segments, order: int, vocab_size: int) -> list[Table]:
+    """Count every n-gram of order 1..``order`` in ``segments``."""
+    ids = segments.ids
+    n = len(ids)
+    unigram_counts = np.bincount(ids, minlength=vocab_size).astype(np.int64)
+    vocab = np.arange(vocab_size, dtype=np.int64)
+    tables = [Table(1, vocab, unigram_counts, np.zeros(vocab_size, np.int64), vocab, np.full(vocab_size, -1), vocab)]
+    position_rank = ids.copy()  # rank of the (k-1)-gram starting at each position
+    for k in range(2, order + 1):
+        starts = np.arange(max(n - k + 1, 0))
+        starts = starts[segments.segment[starts] == segments.segment[starts + k - 1]]
+        keys = position_rank[starts] * vocab_size + ids[starts + k - 1]
+        unique, first_index, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        at = starts[first_index]  # one occurrence of each n-gram
+        next_rank = np.full(n, -1, dtype=np.int64)
+        next_rank[starts] = inverse
+        suffix = position_rank[at + 1]  # the (k-1)-gram starting one later
+        tables.append(Table(k, unique, counts.astype(np.int64), unique // vocab_size, unique % vocab_size, suffix, ids[at]))
+        position_rank = next_rank
+    return tables
