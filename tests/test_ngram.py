@@ -31,7 +31,7 @@ def test_counts_of_a_tiny_corpus():
     assert tables[0].counts.tolist() == [0, 2, 2, 3, 1]  # <s>, </s> twice, 'a' (3) three times, 'b' once
     bigrams = {(int(p), int(w)): int(c) for p, w, c in zip(tables[1].prefix, tables[1].word, tables[1].counts)}
     assert bigrams == {(1, 3): 2, (3, 4): 1, (4, 3): 1, (3, 2): 2}
-    assert len(tables[2]) == 3  # <s> a b, a b a, b a </s>; nothing crosses a sentence
+    assert len(tables[2]) == 4  # <s> a b, a b a, b a </s>, <s> a </s>; nothing crosses a sentence
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
