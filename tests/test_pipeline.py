@@ -1,12 +1,14 @@
 """End to end: `dvc repro` on a tiny corpus in a fresh git + DVC project, as a user runs it."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -30,6 +32,7 @@ def make_project(root: Path, **changes) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="directory", path="data/corpus")
     params["vocab"].update(min_freq=1)
+    params["ngram"].update(orders=[1, 3])
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         params[section][key] = value
@@ -91,7 +94,8 @@ def test_one_parent_run_with_a_child_per_stage(project):
     children = frame[frame["tags.mlflow.parentRunId"].notna()]
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
-    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate"]
+    grid = [f"ngram {e}-{o}" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn") for o in (1, 3)]
+    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "evaluate"]
     assert set(children["status"]) == {"FINISHED"}
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert set(frame["tags.mlflow.source.git.commit"]) == {commit}
@@ -102,8 +106,8 @@ def test_one_parent_run_with_a_child_per_stage(project):
 
 def test_data_hash_tags_equal_dvc_lock(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    frame = runs(project).set_index("tags.mlflow.runName")
-    for stage in ("prepare", "tokenize", "vocab", "validate"):
+    frame = runs(project).set_index(runs(project)["tags.mlflow.runName"].str.replace("ngram ", "ngram@"))
+    for stage in ("prepare", "tokenize", "vocab", "validate", "ngram@mkn-3"):
         for out in lock[stage]["outs"]:
             assert frame.loc[stage, f"tags.dvc.outs.{out['path']}"] == out["md5"]
         for dep in lock[stage]["deps"]:
@@ -129,18 +133,41 @@ def test_second_repro_changes_nothing(project):
     assert dvc(project, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_param_change_reruns_downstream_stages_under_a_new_parent(project):
+def test_param_change_reruns_only_what_it_touches_under_a_new_parent(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["vocab"]["max_size"] = 10
+    params["ngram"]["orders"] = [1, 2, 3]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before = runs(project)
     result = dvc(project, "repro")
-    assert "Stage 'prepare' didn't change" in result.stdout and "Running stage 'vocab'" in result.stdout
+    assert "Stage 'ngram@mkn-3' didn't change" in result.stdout and "Running stage 'ngram@mkn-2'" in result.stdout
     new = runs(project).iloc[len(before):]
-    assert list(new["tags.mlflow.runName"].str.replace(r"^pipeline .*", "pipeline", regex=True)) == [
-        "pipeline", "vocab", "validate"
-    ]
-    assert yaml.safe_load((project / "metrics" / "vocab.json").read_text())["vocab_size"] == 10
+    names = list(new["tags.mlflow.runName"].str.replace(r"^pipeline .*", "pipeline", regex=True))
+    assert names == ["pipeline", *[f"ngram {e}-2" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")], "evaluate"]
+    board = pd.read_csv(project / "metrics" / "leaderboard.csv")
+    assert len(board) == 21
+
+
+def test_leaderboard_scores_every_model_on_the_same_tokens(project):
+    board = pd.read_csv(project / "metrics" / "leaderboard.csv")
+    assert len(board) >= 14 and board["test_tokens"].nunique() == 1
+    assert board["test_tokens"].iloc[0] == 15  # 13 tokens + 2 </s>
+    smoothed = board[board.estimator != "mle"]
+    assert (smoothed.test_ppl < float("inf")).all()
+    assert board.set_index("model").loc["ngram-mle-3", "test_zero_prob_tokens"] > 0
+    assert list(board["valid_ppl"]) == sorted(board["valid_ppl"])
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert metrics["best_model"] == board.model.iloc[0] and metrics["models"]["ngram-mle-3"]["test_ppl"] == "inf"
+    assert (project / "plots" / "perplexity.png").stat().st_size > 1000
+
+
+def test_kenlm_scores_the_pipeline_arpa_like_the_leaderboard(project):
+    import kenlm
+
+    model = kenlm.Model(str(project / "models" / "ngram" / "mkn-3" / "model.arpa"))
+    lines = (project / "data" / "tokens" / "test.txt").read_text().splitlines()
+    kenlm_log10 = sum(model.score(line, bos=True, eos=True) for line in lines)
+    scores = json.loads((project / "models" / "ngram" / "mkn-3" / "scores.json").read_text())
+    assert kenlm_log10 * math.log(10) == pytest.approx(-scores["test"]["nll_nats"], abs=1e-4)
 
 
 # --- bad input: one line naming the file and key, non-zero exit, no partial output ------------------

@@ -85,6 +85,34 @@ class ValidateParams(_Section):
         return self
 
 
+class NgramParams(_Section):
+    orders: list[int] = Field(min_length=1)  # the grid: every order ...
+    estimators: list[str] = Field(min_length=1)  # ... times every estimator
+    max_order: int = Field(ge=1, le=10)
+    addk_k: float | None = Field(gt=0)  # null: tune k on valid
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, estimators: list[str]) -> list[str]:
+        from seqlab.ngram import ESTIMATORS
+
+        for name in estimators:
+            if name not in ESTIMATORS:
+                raise ValueError(f"unknown estimator {name!r}; expected one of {', '.join(ESTIMATORS)}")
+        if len(set(estimators)) != len(estimators):
+            raise ValueError("estimators are listed twice")
+        return estimators
+
+    @model_validator(mode="after")
+    def _check(self) -> "NgramParams":
+        bad = [order for order in self.orders if not 1 <= order <= self.max_order]
+        if bad:
+            raise ValueError(f"orders must lie in 1..max_order={self.max_order} (got {bad[0]})")
+        if len(set(self.orders)) != len(self.orders):
+            raise ValueError("orders are listed twice")
+        return self
+
+
 class TrackingParams(_Section):
     experiment: str = Field(min_length=1)
 
@@ -94,6 +122,7 @@ class Params(_Section):
     tokenize: TokenizeParams
     vocab: VocabParams
     validate_: ValidateParams = Field(alias="validate")
+    ngram: NgramParams
     tracking: TrackingParams
 
 

@@ -83,6 +83,9 @@ class StageRun:
     def set_tag(self, key: str, value: str) -> None:
         self._mlflow.set_tag(key, value)
 
+    def log_params(self, params: Mapping) -> None:
+        self._mlflow.log_params(flatten(params))
+
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 

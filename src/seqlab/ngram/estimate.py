@@ -53,7 +53,8 @@ class NGramModel:
         ranks = ranks_ending_at(self.tables, segments, self.vocab_size)
         if self.estimator in BACKOFF_FORM:
             return _backoff_log_probs(self, ranks, segments)
-        return np.log(_count_probs(self, ranks, segments))
+        with np.errstate(divide="ignore"):  # MLE: zero probability is -inf, reported by evaluation
+            return np.log(_count_probs(self, ranks, segments))
 
 
 # --- backoff form -----------------------------------------------------------------------------------
@@ -255,12 +256,19 @@ def _tune_lambdas(model: NGramModel, valid: Segments, scored: np.ndarray, iterat
 
 
 def estimate(
-    estimator: str, tables: list[Table], vocab_size: int, bos: int, valid: Segments | None = None, k: float | None = None
+    estimator: str,
+    tables: list[Table],
+    vocab_size: int,
+    bos: int,
+    valid: Segments | None = None,
+    k: float | None = None,
+    lambdas: list[float] | None = None,
 ) -> NGramModel:
-    """Build an ``estimator`` model from count tables; ``valid`` tunes add-k's k and JM's weights."""
+    """Build an ``estimator`` model from count tables; ``valid`` tunes add-k's k and JM's weights
+    unless they are given."""
     if estimator not in ESTIMATORS:
         raise SeqLabError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
-    model = NGramModel(estimator, len(tables), vocab_size, bos, tables)
+    model = NGramModel(estimator, len(tables), int(vocab_size), int(bos), tables)
     if estimator in ("kn", "mkn"):
         probs, backoffs, model.params = _kneser_ney(tables, bos, modified=estimator == "mkn")
     elif estimator == "backoff":
@@ -270,7 +278,7 @@ def estimate(
             model.logp = [np.log(p) for p in probs]
             model.logbo = [np.log(b) for b in backoffs]
         return model
-    needs_valid = estimator in ("jm",) or (estimator == "addk" and k is None)
+    needs_valid = (estimator == "jm" and lambdas is None) or (estimator == "addk" and k is None)
     if needs_valid and valid is None:
         raise SeqLabError(f"estimator {estimator!r} tunes on the valid split; none was given")
     scored = None if valid is None else valid.ids != bos
@@ -281,5 +289,5 @@ def estimate(
             raise SeqLabError(f"add-k needs k > 0 (got {k})")
         model.params = {"k": float(k) if k is not None else _tune_k(model, valid, scored)}
     elif estimator == "jm":
-        model.params = {"lambdas": _tune_lambdas(model, valid, scored)}
+        model.params = {"lambdas": list(lambdas) if lambdas is not None else _tune_lambdas(model, valid, scored)}
     return model

@@ -1,0 +1,86 @@
+"""ngram: one estimator at one order -> models/ngram/<estimator>-<order>/ (model.npz, model.arpa, scores.json)."""
+
+import argparse
+import gzip
+import resource
+import shutil
+import tempfile
+import time
+import warnings
+
+from seqlab import stage
+from seqlab.errors import SeqLabError, exit_on_error
+from seqlab.evaluate import load_eval_set, score
+from seqlab.io import atomic_path, write_json
+from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, count, estimate
+from seqlab.ngram.arpa import write_arpa
+from seqlab.ngram.model_file import save_model
+from seqlab.vocab import BOS, load_vocab
+
+TOKENS, VOCAB = "data/tokens", "data/vocab"
+
+
+@exit_on_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("estimator")
+    parser.add_argument("order", type=int)
+    args = parser.parse_args()
+    params = stage.params()
+    cfg = params.ngram
+    if args.estimator not in ESTIMATORS:
+        raise SeqLabError(f"unknown estimator {args.estimator!r} (params.yaml: ngram.estimators); expected one of {', '.join(ESTIMATORS)}")
+    if not 1 <= args.order <= cfg.max_order:
+        raise SeqLabError(f"order {args.order} is outside 1..{cfg.max_order} (params.yaml: ngram.orders, ngram.max_order)")
+    name = f"{args.estimator}-{args.order}"
+    out = f"models/ngram/{name}"
+    with stage.tracked(f"ngram {name}", params, "ngram") as run:
+        vocab = load_vocab(VOCAB)
+        train, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
+        started = time.perf_counter()
+        tables = count(train.segments, args.order, len(vocab))
+        model = estimate(args.estimator, tables, len(vocab), vocab.index[BOS], valid=valid.segments, k=cfg.addk_k)
+        build_seconds = time.perf_counter() - started
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = {split: score(model, data, name) for split, data in (("valid", valid), ("test", test))}
+        for warning in caught:
+            print(f"warning: {warning.message}")
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            save_model(model, tmp / "model.npz", vocab.sha256)
+            if args.estimator in BACKOFF_FORM:
+                write_arpa(model, list(vocab.tokens), tmp / "model.arpa")
+            summary = {
+                "model": f"ngram-{name}",
+                "family": "ngram",
+                "estimator": args.estimator,
+                "order": args.order,
+                "params": model.params,
+                "build_seconds": round(build_seconds, 3),
+                "peak_memory_mb": round(peak_mb, 1),
+                "vocab_sha256": vocab.sha256,
+                **{split: s.as_dict() for split, s in scores.items()},
+            }
+            write_json(tmp / "scores.json", summary)
+        run.log_params({"estimator": args.estimator, "order": args.order, **{f"tuned.{k}": v for k, v in model.params.items()}})
+        metrics = {"build_seconds": build_seconds, "peak_memory_mb": peak_mb}
+        for split, s in scores.items():
+            metrics |= {f"{split}_ppl": s.ppl, f"{split}_xent_nats": s.xent_nats, f"{split}_xent_bits": s.xent_bits,
+                        f"{split}_bits_per_char": s.bits_per_char, f"{split}_tokens": s.tokens}
+        run.log_metrics(metrics)
+        run.log_artifact(f"{out}/scores.json")
+        if args.estimator in BACKOFF_FORM:  # the tracked copy is gzipped: ARPA text packs about 4x
+            with tempfile.TemporaryDirectory() as tmp, open(f"{out}/model.arpa", "rb") as src:
+                with gzip.open(f"{tmp}/model.arpa.gz", "wb", compresslevel=3) as dst:
+                    shutil.copyfileobj(src, dst)
+                run.log_artifact(f"{tmp}/model.arpa.gz")
+        run.set_tag("seqlab.vocab_sha256", vocab.sha256)
+        run.tag_data_hashes("deps", [TOKENS, VOCAB])
+        run.tag_data_hashes("outs", [out])
+        print(f"ngram {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f}, built in {build_seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
