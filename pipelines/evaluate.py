@@ -56,18 +56,24 @@ def main() -> None:
 
 
 def plot(board: pd.DataFrame, path: str) -> None:
+    """Test perplexity against order, one line per estimator (infinite perplexities left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite_rows = board[board.test_ppl.map(math.isfinite)]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(finite_rows) + 1.5))
-    ax.barh(finite_rows.model, finite_rows.test_ppl, color="#4c72b0")
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("test perplexity (log scale; lower is better)")
-    ax.set_title("Perplexity by model (sorted by valid perplexity)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for estimator, rows in board.groupby("estimator", sort=False):
+        rows = rows[rows.test_ppl.map(math.isfinite)].sort_values("order")
+        if len(rows):
+            ax.plot(rows.order, rows.test_ppl, marker="o", label=estimator)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(board.order.unique()))
+    ax.set_xlabel("n-gram order")
+    ax.set_ylabel("test perplexity (log scale)")
+    ax.set_title(f"Perplexity on the same {int(board.test_tokens.iloc[0])} test tokens")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="estimator")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
