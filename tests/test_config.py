@@ -85,3 +85,14 @@ def test_missing_and_malformed_files(tmp_path):
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
     assert "expected a mapping" in error_of(scalar)
+
+
+def test_ngram_grid_checks(tmp_path):
+    too_high = lambda p: p["ngram"].update(orders=[2, 7])  # noqa: E731
+    assert error_of(write_params(tmp_path, too_high)).endswith("ngram: orders must lie in 1..max_order=5 (got 7)")
+    zero = lambda p: p["ngram"].update(orders=[0])  # noqa: E731
+    assert "orders must lie in 1..max_order=5 (got 0)" in error_of(write_params(tmp_path, zero))
+    bad_k = lambda p: p["ngram"].update(addk_k=0.0)  # noqa: E731
+    assert "ngram.addk_k: Input should be greater than 0 (got 0.0)" in error_of(write_params(tmp_path, bad_k))
+    unknown = lambda p: p["ngram"].update(estimators=["mkn", "witten-bell"])  # noqa: E731
+    assert "ngram.estimators: unknown estimator 'witten-bell'" in error_of(write_params(tmp_path, unknown))

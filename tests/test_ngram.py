@@ -5,7 +5,8 @@ import pytest
 from seqlab.errors import SeqLabError
 from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, Segments, count, estimate
 from seqlab.ngram import discount
-from seqlab.ngram.arpa import write_arpa
+from seqlab.ngram.arpa import read_arpa, write_arpa
+from seqlab.ngram.model_file import load_model, save_model
 from seqlab.vocab import BOS, EOS, build_vocab
 
 TRAIN = [
@@ -98,3 +99,44 @@ def test_kenlm_scores_our_arpa_like_we_do(tmp_path, estimator, order):
         mine = ours[start + 1 : start + length].sum()  # every token and </s>, not <s>
         assert loaded.score(" ".join(sentence), bos=True, eos=True) == pytest.approx(mine, abs=1e-4)
         start += length
+
+
+@pytest.mark.parametrize("estimator", BACKOFF_FORM)
+def test_arpa_round_trip_scores_identically(tmp_path, estimator):
+    model = build(estimator, 3)
+    write_arpa(model, list(VOCAB.tokens), tmp_path / "m.arpa")
+    loaded = read_arpa(tmp_path / "m.arpa", VOCAB.index, B)
+    test = segments(VALID + [["zebra", "cat"]])
+    np.testing.assert_allclose(loaded.log_probs(test), model.log_probs(test), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text[: len(text) // 2], "truncated or malformed: header promises"),
+        (lambda text: text.replace("\\end\\", ""), "truncated: no \\end\\ marker"),
+        (lambda text: text.replace("\t<unk>\t", "\tzzz\t", 1), "word 'zzz' is not in the vocabulary"),
+        (lambda text: text.replace("\\data\\", "").replace("ngram 1=", "nonsense 1="), "unexpected text before"),
+        (lambda text: "hello\n", "unexpected text before \\data\\"),
+    ],
+)
+def test_damaged_arpa_is_refused_in_one_line(tmp_path, damage, message):
+    path = tmp_path / "m.arpa"
+    write_arpa(build("mkn", 3), list(VOCAB.tokens), path)
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(SeqLabError) as info:
+        read_arpa(path, VOCAB.index, B)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_model_file_round_trip_and_vocabulary_check(tmp_path):
+    for estimator in ESTIMATORS:
+        model = build(estimator, 3)
+        save_model(model, tmp_path / "m.npz", VOCAB.sha256)
+        loaded = load_model(tmp_path / "m.npz", VOCAB.sha256)
+        np.testing.assert_array_equal(loaded.log_probs(segments(VALID)), model.log_probs(segments(VALID)))
+    with pytest.raises(SeqLabError, match="built for vocabulary"):
+        load_model(tmp_path / "m.npz", "0" * 64)
+    (tmp_path / "m.npz").write_bytes((tmp_path / "m.npz").read_bytes()[:100])
+    with pytest.raises(SeqLabError, match="not a readable SeqLab n-gram model"):
+        load_model(tmp_path / "m.npz")

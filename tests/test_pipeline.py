@@ -170,6 +170,13 @@ def test_kenlm_scores_the_pipeline_arpa_like_the_leaderboard(project):
     assert kenlm_log10 * math.log(10) == pytest.approx(-scores["test"]["nll_nats"], abs=1e-4)
 
 
+def test_ngram_stage_refuses_an_order_out_of_range(project):
+    result = sh(project, sys.executable, "pipelines/ngram.py", "mkn", "9", check=False)
+    assert result.returncode == 1
+    assert last_line(result) == "error: order 9 is outside 1..5 (params.yaml: ngram.orders, ngram.max_order)"
+    assert not (project / "models" / "ngram" / "mkn-9").exists()
+
+
 # --- bad input: one line naming the file and key, non-zero exit, no partial output ------------------
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from seqlab.errors import SeqLabError
 from seqlab.ngram.counts import Segments
 from seqlab.vocab import BOS, EOS, Vocab
 
@@ -38,7 +39,9 @@ class EvalSet:
         return int(self.scored.sum())
 
 
-def eval_set(lines: list[list[str]], vocab: Vocab, characters: int) -> EvalSet:
+def eval_set(lines: list[list[str]], vocab: Vocab, characters: int, name: str = "split") -> EvalSet:
+    if not lines:
+        raise SeqLabError(f"{name}: no sequences to score")
     bos, eos = vocab.index[BOS], vocab.index[EOS]
     oov, _ = vocab.oov(lines)
     segments = Segments.from_sentences([vocab.encode(line) for line in lines], bos, eos)
@@ -98,4 +101,4 @@ def load_eval_set(tokens_dir, split: str, vocab: Vocab) -> EvalSet:
     from seqlab.tokenize import read_stream
 
     characters = int(pd.read_parquet(f"{tokens_dir}/{split}.stats.parquet")["n_chars"].sum())
-    return eval_set(read_stream(f"{tokens_dir}/{split}.txt"), vocab, characters)
+    return eval_set(read_stream(f"{tokens_dir}/{split}.txt"), vocab, characters, f"{tokens_dir}/{split}.txt")

@@ -47,3 +47,89 @@ def write_arpa(model: NGramModel, tokens: list[str], path: str | Path) -> None:
                 lines = (f"{p:.9g}\t{t}\n" for p, t in zip(logp, text))
             out.writelines(lines)
         out.write("\n\\end\\\n")
+
+
+def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramModel:
+    """Load an ARPA file as a backoff-form model over ``vocab_index``; damaged files fail in one line."""
+    from seqlab.io import read_lines
+    from seqlab.ngram.counts import Table, lookup
+
+    path = Path(path)
+    lines = read_lines(path)
+    size = len(vocab_index)
+    expected: dict[int, int] = {}
+    entries: dict[int, list[tuple[list[str], float, float]]] = {}
+    section = None
+    ended = False
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line == "\\data\\":
+            section = "data"
+        elif line == "\\end\\":
+            ended = True
+            break
+        elif line.startswith("\\") and line.endswith("-grams:"):
+            try:
+                section = int(line[1 : -len("-grams:")])
+            except ValueError:
+                raise SeqLabError(f"{path}: line {number}: bad section header {line!r}") from None
+            entries[section] = []
+        elif section == "data":
+            name, _, value = line.partition("=")
+            if not name.startswith("ngram ") or not value.strip().isdigit():
+                raise SeqLabError(f"{path}: line {number}: expected 'ngram N=COUNT', got {line!r}")
+            expected[int(name.split()[1])] = int(value)
+        elif isinstance(section, int):
+            fields = line.split("\t") if "\t" in line else line.split()
+            try:
+                logp = float(fields[0])
+                words = fields[1].split() if "\t" in line else fields[1 : 1 + section]
+                logbo = float(fields[2]) if "\t" in line and len(fields) > 2 else (
+                    float(fields[1 + section]) if "\t" not in line and len(fields) > 1 + section else 0.0)
+            except (ValueError, IndexError):
+                raise SeqLabError(f"{path}: line {number}: malformed {section}-gram entry") from None
+            if len(words) != section:
+                raise SeqLabError(f"{path}: line {number}: expected {section} words, got {len(words)}")
+            entries[section].append((words, logp, logbo))
+        else:
+            raise SeqLabError(f"{path}: line {number}: unexpected text before \\data\\")
+    if not expected:
+        raise SeqLabError(f"{path}: not an ARPA file (no \\data\\ section)")
+    for order, n in expected.items():
+        found = len(entries.get(order, []))
+        if found != n:
+            raise SeqLabError(f"{path}: truncated or malformed: header promises {n} {order}-grams, found {found}")
+    if not ended:
+        raise SeqLabError(f"{path}: truncated: no \\end\\ marker")
+    order = max(expected)
+    vocab = np.arange(size, dtype=np.int64)
+    tables = [Table(1, vocab, np.zeros(size, np.int64), np.zeros(size, np.int64), vocab, np.full(size, -1), vocab)]
+    logps, logbos = [np.full(size, -np.inf)], [np.zeros(size)]
+    for words, p, b in entries[1]:
+        w = vocab_index.get(words[0])
+        if w is None:
+            raise SeqLabError(f"{path}: word {words[0]!r} is not in the vocabulary")
+        logps[0][w], logbos[0][w] = p * LOG10, b * LOG10
+    logps[0][bos] = -np.inf
+    for k in range(2, order + 1):
+        try:
+            ids = np.array([[vocab_index[w] for w in words] for words, _, _ in entries[k]], dtype=np.int64).reshape(-1, k)
+        except KeyError as err:
+            raise SeqLabError(f"{path}: word {err.args[0]!r} in the {k}-grams is not in the vocabulary") from None
+        prefix = ids[:, 0]
+        for j in range(1, k - 1):
+            prefix = lookup(tables[j], prefix, ids[:, j], size)
+        if (prefix < 0).any():
+            raise SeqLabError(f"{path}: a {k}-gram's context is missing from the {k - 1}-grams")
+        keys = prefix * size + ids[:, -1]
+        order_of = np.argsort(keys, kind="stable")
+        keys, ids, prefix = keys[order_of], ids[order_of], prefix[order_of]
+        suffix = ids[:, 1]
+        for j in range(2, k):
+            suffix = lookup(tables[j - 1], suffix, ids[:, j], size)
+        tables.append(Table(k, keys, np.zeros(len(keys), np.int64), prefix, ids[:, -1], suffix, ids[:, 0]))
+        logps.append(np.array([p for _, p, _ in entries[k]])[order_of] * LOG10)
+        logbos.append(np.array([b for _, _, b in entries[k]])[order_of] * LOG10)
+    return NGramModel("arpa", order, size, bos, tables, logp=logps, logbo=logbos)

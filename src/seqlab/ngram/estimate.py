@@ -51,7 +51,7 @@ class NGramModel:
         """Natural-log probability of the token at every position given the tokens before it in its
         segment (at most order-1 of them). The one scoring path for every estimator."""
         ranks = ranks_ending_at(self.tables, segments, self.vocab_size)
-        if self.estimator in BACKOFF_FORM:
+        if self.logp:  # backoff form, built here or read from ARPA
             return _backoff_log_probs(self, ranks, segments)
         with np.errstate(divide="ignore"):  # MLE: zero probability is -inf, reported by evaluation
             return np.log(_count_probs(self, ranks, segments))

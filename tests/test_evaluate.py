@@ -1,0 +1,44 @@
+import math
+
+import numpy as np
+import pytest
+
+from seqlab.errors import SeqLabError
+from seqlab.evaluate import eval_set, score
+from seqlab.vocab import build_vocab
+
+VOCAB = build_vocab([["a", "b", "a"]])
+
+
+class Uniform:
+    """Every token has probability 1/4: perplexity 4 whatever the text."""
+
+    def log_probs(self, segments):
+        return np.full(len(segments.ids), math.log(0.25))
+
+
+def test_counting_convention_and_units():
+    data = eval_set([["a", "zebra"], ["b"]], VOCAB, characters=8)
+    assert data.tokens == 5  # a zebra </s> b </s>: every token and </s>, not <s>
+    assert data.oov == 1 and data.characters == 10  # + one newline per sequence
+    scores = score(Uniform(), data)
+    assert scores.ppl == pytest.approx(4.0)
+    assert scores.xent_nats == pytest.approx(math.log(4)) and scores.xent_bits == pytest.approx(2.0)
+    assert scores.bits_per_char == pytest.approx(2.0 * 5 / 10)
+
+
+def test_zero_probability_gives_inf_with_a_warning():
+    class Zero(Uniform):
+        def log_probs(self, segments):
+            out = super().log_probs(segments)
+            out[1] = -np.inf
+            return out
+
+    with pytest.warns(UserWarning, match="1 of 5 tokens have zero probability; perplexity is inf"):
+        scores = score(Zero(), eval_set([["a", "zebra"], ["b"]], VOCAB, 8), "zero")
+    assert scores.ppl == math.inf and scores.zero_prob_tokens == 1
+
+
+def test_empty_split_is_refused():
+    with pytest.raises(SeqLabError, match="test.txt: no sequences to score"):
+        eval_set([], VOCAB, 0, "test.txt")
