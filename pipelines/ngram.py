@@ -7,17 +7,22 @@ import shutil
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
+import pandas as pd
+
+import seqlab.ngram
 from seqlab import stage
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.evaluate import load_eval_set, score
-from seqlab.io import atomic_path, write_json
+from seqlab.io import atomic_path, dvc_md5, write_json
 from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, count, estimate
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
 from seqlab.vocab import BOS, load_vocab
 
 TOKENS, VOCAB = "data/tokens", "data/vocab"
+PYFUNC_CODE = Path(seqlab.ngram.__file__).parent / "pyfunc_model.py"
 
 
 @exit_on_error
@@ -77,9 +82,19 @@ def main() -> None:
                     shutil.copyfileobj(src, dst)
                 run.log_artifact(f"{tmp}/model.arpa.gz")
         run.set_tag("seqlab.vocab_sha256", vocab.sha256)
+        version = run.log_pyfunc_model(
+            PYFUNC_CODE,
+            {"model": f"{out}/model.npz", "vocab": VOCAB},
+            "seqlab-ngram",
+            pd.DataFrame({"context": ["<s> to be or not to"]}),
+            {"top_k": 10},
+            {"estimator": args.estimator, "order": str(args.order), "vocab_sha256": vocab.sha256,
+             "test_ppl": f"{scores['test'].ppl:.6g}", "data_hash": dvc_md5(TOKENS)},
+        )
         run.tag_data_hashes("deps", [TOKENS, VOCAB])
         run.tag_data_hashes("outs", [out])
-        print(f"ngram {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f}, built in {build_seconds:.2f} s")
+        print(f"ngram {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f}, "
+              f"built in {build_seconds:.2f} s; registered as seqlab-ngram version {version}")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,20 @@ def test_leaderboard_scores_every_model_on_the_same_tokens(project):
     assert (project / "plots" / "perplexity.png").stat().st_size > 1000
 
 
+def test_every_ngram_model_is_registered_and_predicts_next_tokens(project):
+    import mlflow
+
+    runs(project)  # points MLflow at the project's store
+    versions = mlflow.MlflowClient().search_model_versions("name='seqlab-ngram'")
+    assert len(versions) >= 14
+    mkn = [v for v in versions if v.tags["estimator"] == "mkn" and v.tags["order"] == "3"][0]
+    model = mlflow.pyfunc.load_model(f"models:/seqlab-ngram/{mkn.version}")
+    out = model.predict(pd.DataFrame({"context": ["<s> the cat", "on the"]}), params={"top_k": 0})
+    assert set(out.context_index) == {0, 1}
+    assert out.groupby("context_index").probability.sum().tolist() == pytest.approx([1.0, 1.0], abs=1e-9)
+    assert out[out.context_index == 1].sort_values("probability").token.iloc[-1] in {"mat", "log"}
+
+
 def test_kenlm_scores_the_pipeline_arpa_like_the_leaderboard(project):
     import kenlm
 

@@ -103,6 +103,33 @@ class StageRun:
             dataset = self._mlflow.data.from_pandas(frame, source=str(source), name=name)
             self._mlflow.log_input(dataset, context=context)
 
+    def log_pyfunc_model(
+        self, model_code: Path, artifacts: Mapping[str, str], registered_name: str, input_example, params: Mapping, tags: Mapping[str, str]
+    ) -> str:
+        """Log a pyfunc model from code (nothing pickled) with the seqlab package beside it, register
+        a new version of ``registered_name`` with ``tags``, and return the version number."""
+        import seqlab
+        from mlflow.models import infer_signature
+        from mlflow.pyfunc import log_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            signature = infer_signature(input_example, params=dict(params))
+            info = log_model(
+                name="model",
+                python_model=str(model_code),
+                artifacts=dict(artifacts),
+                code_paths=[str(Path(seqlab.__file__).parent)],
+                signature=signature,
+                pip_requirements=["numpy", "pandas", "pyyaml", "pydantic"],
+                registered_model_name=registered_name,
+            )
+        version = str(info.registered_model_version)
+        client = self._mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, version, key, value)
+        return version
+
     def tag_data_hashes(self, kind: str, paths: list[str | Path]) -> None:
         """Tag ``dvc.<kind>.<path>`` with the hash DVC records for it (``kind`` is deps or outs)."""
         tags = {}
