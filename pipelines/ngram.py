@@ -16,7 +16,7 @@ from seqlab import stage
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.evaluate import load_eval_set, score
 from seqlab.io import atomic_path, dvc_md5, write_json
-from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, count, estimate
+from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, count, estimate, prune
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
 from seqlab.vocab import BOS, load_vocab
@@ -43,7 +43,7 @@ def main() -> None:
         vocab = load_vocab(VOCAB)
         train, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
         started = time.perf_counter()
-        tables = count(train.segments, args.order, len(vocab))
+        tables = prune(count(train.segments, args.order, len(vocab)), cfg.cutoffs, len(vocab))
         model = estimate(args.estimator, tables, len(vocab), vocab.index[BOS], valid=valid.segments, k=cfg.addk_k)
         build_seconds = time.perf_counter() - started
         with warnings.catch_warnings(record=True) as caught:
@@ -63,6 +63,8 @@ def main() -> None:
                 "estimator": args.estimator,
                 "order": args.order,
                 "params": model.params,
+                "cutoffs": cfg.cutoffs,
+                "ngrams": [len(t) for t in model.tables],
                 "build_seconds": round(build_seconds, 3),
                 "peak_memory_mb": round(peak_mb, 1),
                 "vocab_sha256": vocab.sha256,

@@ -96,3 +96,7 @@ def test_ngram_grid_checks(tmp_path):
     assert "ngram.addk_k: Input should be greater than 0 (got 0.0)" in error_of(write_params(tmp_path, bad_k))
     unknown = lambda p: p["ngram"].update(estimators=["mkn", "witten-bell"])  # noqa: E731
     assert "ngram.estimators: unknown estimator 'witten-bell'" in error_of(write_params(tmp_path, unknown))
+    first = lambda p: p["ngram"].update(cutoffs=[1, 1])  # noqa: E731
+    assert "ngram.cutoffs: unigrams are never pruned" in error_of(write_params(tmp_path, first))
+    down = lambda p: p["ngram"].update(cutoffs=[0, 2, 1])  # noqa: E731
+    assert "non-decreasing (got [0, 2, 1])" in error_of(write_params(tmp_path, down))

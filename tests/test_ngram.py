@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from seqlab.errors import SeqLabError
-from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, Segments, count, estimate
+from seqlab.ngram import BACKOFF_FORM, ESTIMATORS, Segments, count, estimate, prune
 from seqlab.ngram import discount
 from seqlab.ngram.arpa import read_arpa, write_arpa
 from seqlab.ngram.model_file import load_model, save_model
@@ -23,8 +23,9 @@ def segments(sentences):
     return Segments.from_sentences([VOCAB.encode(s) for s in sentences], B, E)
 
 
-def build(estimator, order):
-    return estimate(estimator, count(segments(TRAIN), order, V), V, B, valid=segments(VALID))
+def build(estimator, order, cutoffs=()):
+    tables = prune(count(segments(TRAIN), order, V), list(cutoffs), V)
+    return estimate(estimator, tables, V, B, valid=segments(VALID))
 
 
 def test_counts_of_a_tiny_corpus():
@@ -35,10 +36,11 @@ def test_counts_of_a_tiny_corpus():
     assert len(tables[2]) == 4  # <s> a b, a b a, b a </s>, <s> a </s>; nothing crosses a sentence
 
 
+@pytest.mark.parametrize("cutoffs", [(), (0, 1, 2)], ids=["all", "pruned"])
 @pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_every_distribution_sums_to_one(estimator, order):
-    model = build(estimator, order)
+def test_every_distribution_sums_to_one(estimator, order, cutoffs):
+    model = build(estimator, order, cutoffs)
     outcomes = [w for w in range(V) if w != B]
     for sentence in [VOCAB.encode(s) for s in VALID]:
         padded = [B] + sentence + [E]
@@ -84,10 +86,11 @@ def test_discounts_from_counts_of_counts():
     assert discount.modified_kneser_ney(np.array([1, 1, 2])).tolist() == [0.5, 1.0, 1.5]  # no n3, n4: fallback
 
 
+@pytest.mark.parametrize("cutoffs", [(), (0, 1, 2)], ids=["all", "pruned"])
 @pytest.mark.parametrize("order", [2, 3, 4, 5])
 @pytest.mark.parametrize("estimator", BACKOFF_FORM)
-def test_kenlm_scores_our_arpa_like_we_do(tmp_path, estimator, order):
-    model = build(estimator, order)
+def test_kenlm_scores_our_arpa_like_we_do(tmp_path, estimator, order, cutoffs):
+    model = build(estimator, order, cutoffs)
     path = tmp_path / "model.arpa"
     write_arpa(model, list(VOCAB.tokens), path)
     loaded = kenlm.Model(str(path))
@@ -140,3 +143,14 @@ def test_model_file_round_trip_and_vocabulary_check(tmp_path):
     (tmp_path / "m.npz").write_bytes((tmp_path / "m.npz").read_bytes()[:100])
     with pytest.raises(SeqLabError, match="not a readable SeqLab n-gram model"):
         load_model(tmp_path / "m.npz")
+
+
+def test_pruning_drops_rare_ngrams_and_keeps_tables_consistent():
+    full, pruned = count(segments(TRAIN), 3, V), prune(count(segments(TRAIN), 3, V), [0, 1, 3], V)
+    assert len(pruned[1]) == (full[1].counts > 1).sum() and len(pruned[2]) == (full[2].counts > 3).sum()
+    assert (np.diff(pruned[2].keys) > 0).all()
+    # every kept trigram's prefix and suffix are kept bigrams holding the same words
+    bigrams, trigrams = pruned[1], pruned[2]
+    assert (bigrams.prefix[trigrams.prefix] == trigrams.first).all()  # order-1 rank is the word id
+    second = bigrams.word[trigrams.prefix]
+    assert (bigrams.prefix[trigrams.suffix] == second).all() and (bigrams.word[trigrams.suffix] == trigrams.word).all()

@@ -90,6 +90,16 @@ class NgramParams(_Section):
     estimators: list[str] = Field(min_length=1)  # ... times every estimator
     max_order: int = Field(ge=1, le=10)
     addk_k: float | None = Field(gt=0)  # null: tune k on valid
+    cutoffs: list[int]  # per order: drop n-grams seen this often or less; [] for none
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _cutoffs(cls, cutoffs: list[int]) -> list[int]:
+        if cutoffs and cutoffs[0] != 0:
+            raise ValueError("unigrams are never pruned: the first cut-off must be 0")
+        if any(c < 0 for c in cutoffs) or any(b < a for a, b in zip(cutoffs, cutoffs[1:])):
+            raise ValueError(f"cut-offs must be non-negative and non-decreasing (got {cutoffs})")
+        return cutoffs
 
     @field_validator("estimators")
     @classmethod

@@ -96,3 +96,22 @@ def count(segments: Segments, order: int, vocab_size: int) -> list[Table]:
         tables.append(Table(k, unique, counts.astype(np.int64), unique // vocab_size, unique % vocab_size, suffix, ids[at]))
         position_rank = next_rank
     return tables
+
+
+def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Table]:
+    """Drop n-grams seen ``cutoffs[k-1]`` times or fewer at order k (the last value holds for higher
+    orders; unigrams are never dropped). Cut-offs must not decrease, so an n-gram's prefix and suffix
+    are always kept when it is; ranks are renumbered so the tables stay consistent."""
+    if not cutoffs or not any(cutoffs):
+        return tables
+    pruned = [tables[0]]
+    new_rank = np.arange(vocab_size, dtype=np.int64)  # order 1 keeps every id
+    for table in tables[1:]:
+        threshold = cutoffs[min(table.order, len(cutoffs)) - 1]
+        keep = table.counts > threshold
+        prefix, suffix = new_rank[table.prefix[keep]], new_rank[table.suffix[keep]]
+        word = table.word[keep]
+        pruned.append(Table(table.order, prefix * vocab_size + word, table.counts[keep], prefix, word, suffix, table.first[keep]))
+        new_rank = np.cumsum(keep) - 1
+        new_rank[~keep] = -1
+    return pruned
