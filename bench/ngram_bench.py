@@ -11,6 +11,7 @@ installed into the environment if missing).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import multiprocessing
 import resource
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 from seqlab.corpus import load_shakespeare
 from seqlab.ngram import Segments, count, estimate
@@ -59,9 +59,7 @@ def measure_build(order: int, estimator: str) -> tuple[float, float, float]:
 
 
 def nltk_kn3(tokens, vocab, limit: int | None):
-    try:
-        import nltk  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("nltk") is None:  # installed on first use
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "nltk"], check=True)
     from nltk.lm import KneserNeyInterpolated
     from nltk.lm.preprocessing import padded_everygram_pipeline

@@ -29,7 +29,7 @@ def main() -> None:
             for split in ("valid", "test"):
                 row |= {f"{split}_{k}": s[split][k] for k in ("ppl", "xent_nats", "xent_bits", "bits_per_char")}
             row |= {"test_tokens": s["test"]["tokens"], "test_oov_tokens": s["test"]["oov_tokens"],
-                    "test_zero_prob_tokens": s["test"]["zero_prob_tokens"], "build_seconds": s["build_seconds"]}
+                    "test_zero_prob_tokens": s["test"]["zero_prob_tokens"]}
             rows.append(row)
         board = pd.DataFrame(rows).sort_values(["valid_ppl", "model"]).reset_index(drop=True)
         board.insert(0, "rank", range(1, len(board) + 1))

@@ -154,3 +154,24 @@ def test_pruning_drops_rare_ngrams_and_keeps_tables_consistent():
     assert (bigrams.prefix[trigrams.prefix] == trigrams.first).all()  # order-1 rank is the word id
     second = bigrams.word[trigrams.prefix]
     assert (bigrams.prefix[trigrams.suffix] == second).all() and (bigrams.word[trigrams.suffix] == trigrams.word).all()
+
+
+def test_char_ngrams_sum_to_one_and_match_kenlm(tmp_path):
+    from seqlab.tokenize import CharTokenizer
+
+    tokenizer = CharTokenizer()
+    train = [tokenizer.tokenize(" ".join(s)) for s in TRAIN]
+    vocab = build_vocab(train)
+    bos, eos = vocab.index[BOS], vocab.index[EOS]
+    seg = lambda lines: Segments.from_sentences([vocab.encode(s) for s in lines], bos, eos)  # noqa: E731
+    test = [tokenizer.tokenize("the cat sat on a red mat"), tokenizer.tokenize("xyz")]
+    model = estimate("mkn", count(seg(train), 5, len(vocab)), len(vocab), bos)
+    write_arpa(model, list(vocab.tokens), tmp_path / "char.arpa")
+    ours = model.log_probs(seg(test)) / np.log(10)
+    loaded, start = kenlm.Model(str(tmp_path / "char.arpa")), 0
+    for line in test:
+        assert loaded.score(" ".join(line), bos=True, eos=True) == pytest.approx(ours[start + 1 : start + len(line) + 2].sum(), abs=1e-4)
+        start += len(line) + 2
+    from seqlab.ngram.next_token import next_token_probs
+
+    assert next_token_probs(model, vocab, list("the c")).sum() == pytest.approx(1.0, abs=1e-9)

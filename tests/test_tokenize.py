@@ -3,7 +3,6 @@ import pytest
 from seqlab.errors import SeqLabError
 from seqlab.tokenize import (
     SPACE,
-    CharTokenizer,
     WordTokenizer,
     fit_tokenizer,
     format_stream,

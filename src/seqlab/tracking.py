@@ -89,9 +89,20 @@ class StageRun:
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, compress: bool = False) -> None:
+        """Log a file or directory; ``compress`` logs a gzipped copy of a file (ARPA text packs ~4x)."""
         path = Path(path)
-        if path.is_dir():
+        if compress:
+            import gzip
+            import shutil
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp, open(path, "rb") as src:
+                packed = Path(tmp) / f"{path.name}.gz"
+                with gzip.open(packed, "wb", compresslevel=3) as dst:
+                    shutil.copyfileobj(src, dst)
+                self._mlflow.log_artifact(str(packed), artifact_path)
+        elif path.is_dir():
             self._mlflow.log_artifacts(str(path), artifact_path or path.name)
         else:
             self._mlflow.log_artifact(str(path), artifact_path)

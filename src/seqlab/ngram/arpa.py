@@ -91,7 +91,7 @@ def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramM
             except (ValueError, IndexError):
                 raise SeqLabError(f"{path}: line {number}: malformed {section}-gram entry") from None
             if len(words) != section:
-                raise SeqLabError(f"{path}: line {number}: expected {section} words, got {len(words)}")
+                raise SeqLabError(f"{path}: line {number}: malformed {section}-gram entry: {len(words)} words")
             entries[section].append((words, logp, logbo))
         else:
             raise SeqLabError(f"{path}: line {number}: unexpected text before \\data\\")

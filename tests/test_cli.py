@@ -1,0 +1,54 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqlab.ngram import Segments, count, estimate
+from seqlab.ngram.arpa import write_arpa
+from seqlab.ngram.model_file import save_model
+from seqlab.vocab import BOS, EOS, build_vocab, save_vocab
+
+SEQLAB = Path(sys.executable).parent / "seqlab"
+TRAIN = [s.split() for s in ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 3]
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    vocab = build_vocab(TRAIN)
+    save_vocab(vocab, tmp_path / "vocab")
+    bos, eos = vocab.index[BOS], vocab.index[EOS]
+    segments = Segments.from_sentences([vocab.encode(s) for s in TRAIN], bos, eos)
+    model = estimate("mkn", count(segments, 3, len(vocab)), len(vocab), bos)
+    write_arpa(model, list(vocab.tokens), tmp_path / "m.arpa")
+    save_model(model, tmp_path / "m.npz", vocab.sha256)
+    (tmp_path / "test.txt").write_text("the cat sat on a log\nthe zebra\n")
+    return tmp_path
+
+
+def seqlab(workspace, *args):
+    return subprocess.run([str(SEQLAB), "score", *args, "--tokens", "test.txt", "--vocab", "vocab"],
+                          cwd=workspace, capture_output=True, text=True, timeout=120)
+
+
+def test_score_arpa_and_model_file_agree(workspace):
+    arpa, npz = seqlab(workspace, "m.arpa"), seqlab(workspace, "m.npz")
+    assert arpa.returncode == 0 and npz.returncode == 0, arpa.stderr + npz.stderr
+    assert "10 tokens (1 OOV scored as <unk>, 0 with zero probability)" in arpa.stdout
+    ppl = lambda out: float(out.split("perplexity ")[1].split()[0])  # noqa: E731
+    assert ppl(arpa.stdout) == pytest.approx(ppl(npz.stdout), rel=1e-5)
+
+
+def test_truncated_arpa_fails_in_one_line(workspace):
+    text = (workspace / "m.arpa").read_text()
+    (workspace / "m.arpa").write_text(text[: len(text) * 2 // 3])
+    result = seqlab(workspace, "m.arpa")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: m.arpa: ") and result.stderr.count("\n") == 1
+    assert "malformed" in result.stderr or "truncated" in result.stderr
+
+
+def test_model_for_another_vocabulary_fails_in_one_line(workspace):
+    save_vocab(build_vocab(TRAIN + [["new", "words"]]), workspace / "vocab")
+    result = seqlab(workspace, "m.npz")
+    assert result.returncode == 1 and result.stderr.startswith("error: m.npz: built for vocabulary")
