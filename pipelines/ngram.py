@@ -60,8 +60,6 @@ def main() -> None:
                 "params": model.params,
                 "cutoffs": cfg.cutoffs,
                 "ngrams": [len(t) for t in model.tables],
-                "build_seconds": round(build_seconds, 3),
-                "peak_memory_mb": round(peak_mb, 1),
                 "vocab_sha256": vocab.sha256,
                 **{split: s.as_dict() for split, s in scores.items()},
             }
