@@ -188,6 +188,7 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
     """
     import logging
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay readable
     import mlflow
     from mlflow import MlflowClient
 
