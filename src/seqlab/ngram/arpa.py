@@ -9,25 +9,17 @@ import numpy as np
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
+from seqlab.ngram.counts import table_from_words, unigram_table, words_of
 from seqlab.ngram.estimate import BACKOFF_FORM, NGramModel
 
 LOG10 = math.log(10)
 NEVER = -99.0  # log10 probability written for <s>, which is never predicted
 
 
-def _words_of(model: NGramModel) -> list[np.ndarray]:
-    """For each order, the word ids of each n-gram (rows), recovered through the prefix ranks."""
-    words = [model.tables[0].word[:, None]]
-    for k in range(2, model.order + 1):
-        table = model.tables[k - 1]
-        words.append(np.hstack([words[k - 2][table.prefix], table.word[:, None]]))
-    return words
-
-
 def write_arpa(model: NGramModel, tokens: list[str], path: str | Path) -> None:
     if model.estimator not in BACKOFF_FORM:
         raise SeqLabError(f"estimator {model.estimator!r} has no backoff form; ARPA is written for {', '.join(BACKOFF_FORM)}")
-    words = _words_of(model)
+    words = words_of(model.tables)
     vocab = np.array(tokens, dtype=object)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         out.write("\n\\data\\\n")
@@ -52,7 +44,6 @@ def write_arpa(model: NGramModel, tokens: list[str], path: str | Path) -> None:
 def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramModel:
     """Load an ARPA file as a backoff-form model over ``vocab_index``; damaged files fail in one line."""
     from seqlab.io import read_lines
-    from seqlab.ngram.counts import Table, lookup
 
     path = Path(path)
     lines = read_lines(path)
@@ -104,8 +95,7 @@ def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramM
     if not ended:
         raise SeqLabError(f"{path}: truncated: no \\end\\ marker")
     order = max(expected)
-    vocab = np.arange(size, dtype=np.int64)
-    tables = [Table(1, vocab, np.zeros(size, np.int64), np.zeros(size, np.int64), vocab, np.full(size, -1), vocab)]
+    tables = [unigram_table(np.zeros(size, np.int64))]
     logps, logbos = [np.full(size, -np.inf)], [np.zeros(size)]
     for words, p, b in entries[1]:
         w = vocab_index.get(words[0])
@@ -118,18 +108,10 @@ def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramM
             ids = np.array([[vocab_index[w] for w in words] for words, _, _ in entries[k]], dtype=np.int64).reshape(-1, k)
         except KeyError as err:
             raise SeqLabError(f"{path}: word {err.args[0]!r} in the {k}-grams is not in the vocabulary") from None
-        prefix = ids[:, 0]
-        for j in range(1, k - 1):
-            prefix = lookup(tables[j], prefix, ids[:, j], size)
-        if (prefix < 0).any():
+        table, order_of = table_from_words(ids, np.zeros(len(ids), np.int64), tables, size)
+        if (table.prefix < 0).any():
             raise SeqLabError(f"{path}: a {k}-gram's context is missing from the {k - 1}-grams")
-        keys = prefix * size + ids[:, -1]
-        order_of = np.argsort(keys, kind="stable")
-        keys, ids, prefix = keys[order_of], ids[order_of], prefix[order_of]
-        suffix = ids[:, 1]
-        for j in range(2, k):
-            suffix = lookup(tables[j - 1], suffix, ids[:, j], size)
-        tables.append(Table(k, keys, np.zeros(len(keys), np.int64), prefix, ids[:, -1], suffix, ids[:, 0]))
+        tables.append(table)
         logps.append(np.array([p for _, p, _ in entries[k]])[order_of] * LOG10)
         logbos.append(np.array([b for _, _, b in entries[k]])[order_of] * LOG10)
     return NGramModel("arpa", order, size, bos, tables, logp=logps, logbo=logbos)

@@ -50,6 +50,40 @@ class Segments:
         return cls(ids, segment, offset)
 
 
+def unigram_table(counts: np.ndarray) -> Table:
+    """Order 1 holds the whole vocabulary; a word's rank is its id."""
+    vocab = np.arange(len(counts), dtype=np.int64)
+    return Table(1, vocab, counts, np.zeros(len(counts), np.int64), vocab, np.full(len(counts), -1), vocab)
+
+
+def rank_of(tables: list[Table], words: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Rank of each row of ``words`` (an n-gram, read left to right) in its order's table, or -1."""
+    rank = words[:, 0].copy()
+    for j in range(1, words.shape[1]):
+        rank = lookup(tables[j], rank, words[:, j], vocab_size)
+    return rank
+
+
+def table_from_words(words: np.ndarray, counts: np.ndarray, tables: list[Table], vocab_size: int) -> tuple[Table, np.ndarray]:
+    """The order-k table of the n-grams in the rows of ``words`` (k columns), given the lower tables;
+    also the permutation that sorted the rows. A prefix missing from the lower table has rank -1."""
+    prefix = rank_of(tables, words[:, :-1], vocab_size)
+    keys = prefix * vocab_size + words[:, -1]
+    order = np.argsort(keys, kind="stable")
+    words, prefix = words[order], prefix[order]
+    suffix = rank_of(tables, words[:, 1:], vocab_size)
+    table = Table(words.shape[1], keys[order], counts[order], prefix, words[:, -1], suffix, words[:, 0])
+    return table, order
+
+
+def words_of(tables: list[Table]) -> list[np.ndarray]:
+    """For each order, the word ids of each n-gram as rows, recovered through the prefix ranks."""
+    words = [tables[0].word[:, None]]
+    for table in tables[1:]:
+        words.append(np.hstack([words[-1][table.prefix], table.word[:, None]]))
+    return words
+
+
 def lookup(table: Table, prefix: np.ndarray, word: np.ndarray, vocab_size: int) -> np.ndarray:
     """Rank of each (prefix rank, word) n-gram in ``table``, or -1 where it is absent or prefix < 0."""
     if table.order == 1:
@@ -80,9 +114,7 @@ def count(segments: Segments, order: int, vocab_size: int) -> list[Table]:
     """Count every n-gram of order 1..``order`` in ``segments``."""
     ids = segments.ids
     n = len(ids)
-    unigram_counts = np.bincount(ids, minlength=vocab_size).astype(np.int64)
-    vocab = np.arange(vocab_size, dtype=np.int64)
-    tables = [Table(1, vocab, unigram_counts, np.zeros(vocab_size, np.int64), vocab, np.full(vocab_size, -1), vocab)]
+    tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(np.int64))]
     position_rank = ids.copy()  # rank of the (k-1)-gram starting at each position
     for k in range(2, order + 1):
         starts = np.arange(max(n - k + 1, 0))

@@ -41,6 +41,7 @@ class NGramModel:
     logp: list[np.ndarray] = field(default_factory=list)  # backoff form: ln p of each n-gram
     logbo: list[np.ndarray] = field(default_factory=list)  # backoff form: ln backoff of each n-gram as a context
     params: dict = field(default_factory=dict)  # tuned k, lambdas, discounts
+    cache: dict = field(default_factory=dict, repr=False)  # derived once: context totals
 
     @property
     def outcomes(self) -> int:
@@ -72,11 +73,18 @@ def _backoff_log_probs(model: NGramModel, ranks: list[np.ndarray], segments: Seg
         at = best_order == k
         out[at] = model.logp[k - 1][best_rank[at]]
     for j in range(1, model.order):  # contexts of length j we backed off from
-        context = np.full(len(segments.ids), -1, dtype=np.int64)
-        context[1:] = ranks[j - 1][:-1]
-        use = (best_order <= j) & (segments.offset >= j) & (context >= 0)
+        context = _context_ranks(ranks, segments, j)
+        use = (best_order <= j) & (context >= 0)
         out[use] += model.logbo[j - 1][context[use]]
     return out
+
+
+def _context_ranks(ranks: list[np.ndarray], segments: Segments, j: int) -> np.ndarray:
+    """Rank of the j-gram just before each position (its context of length j), or -1."""
+    context = np.full(len(segments.ids), -1, dtype=np.int64)
+    context[1:] = ranks[j - 1][:-1]
+    context[segments.offset < j] = -1
+    return context
 
 
 def _uniform_unigrams(vocab_size: int, bos: int, seen: np.ndarray, leftover: float) -> np.ndarray:
@@ -136,30 +144,29 @@ def _absolute_backoff(tables: list[Table], bos: int) -> tuple[list, list, dict]:
 
 
 def _context_totals(model: NGramModel) -> list[np.ndarray]:
-    """``totals[j][r]``: how often the j-gram of rank r was followed by a token (j=0: all tokens)."""
-    unigrams = model.tables[0].counts.astype(np.float64).copy()
-    unigrams[model.bos] = 0
-    totals = [np.array([unigrams.sum()])]
-    for k in range(2, model.order + 1):
-        table = model.tables[k - 1]
-        totals.append(np.bincount(table.prefix, weights=table.counts, minlength=len(model.tables[k - 2])))
-    return totals
+    """``totals[0]``: unigram counts without ``<s>``; ``totals[j][r]`` (j >= 1): how often the j-gram of
+    rank r was followed by a token. Computed once per model."""
+    if "totals" not in model.cache:
+        unigrams = model.tables[0].counts.astype(np.float64)
+        unigrams[model.bos] = 0
+        totals = [unigrams]
+        for k in range(2, model.order + 1):
+            table = model.tables[k - 1]
+            totals.append(np.bincount(table.prefix, weights=table.counts, minlength=len(model.tables[k - 2])))
+        model.cache["totals"] = totals
+    return model.cache["totals"]
 
 
 def _ml_components(model: NGramModel, ranks, segments) -> tuple[np.ndarray, np.ndarray]:
     """Per order j+1 (rows 0..N-1): the count of the n-gram at each position and its context total."""
     n = len(segments.ids)
     totals = _context_totals(model)
-    unigram_counts = model.tables[0].counts.astype(np.float64).copy()
-    unigram_counts[model.bos] = 0
     count = np.zeros((model.order, n))
     total = np.zeros((model.order, n))
-    count[0] = unigram_counts[segments.ids]
-    total[0] = totals[0][0]
+    count[0] = totals[0][segments.ids]
+    total[0] = totals[0].sum()
     for j in range(1, model.order):
-        context = np.full(n, -1, dtype=np.int64)
-        context[1:] = ranks[j - 1][:-1]
-        context[segments.offset < j] = -1
+        context = _context_ranks(ranks, segments, j)
         ok = context >= 0
         total[j, ok] = totals[j][context[ok]]
         gram = ranks[j]
@@ -170,9 +177,7 @@ def _ml_components(model: NGramModel, ranks, segments) -> tuple[np.ndarray, np.n
 def _count_probs(model: NGramModel, ranks, segments) -> np.ndarray:
     count, total = _ml_components(model, ranks, segments)
     v = model.outcomes
-    longest = np.zeros(len(segments.ids), dtype=np.int64)  # longest context length available
-    for j in range(1, model.order):
-        longest[segments.offset >= j] = j
+    longest = np.minimum(segments.offset, model.order - 1)  # longest context length available
     if model.estimator == "mle":
         usable = longest.copy()
         for j in range(model.order - 1, -1, -1):
@@ -216,9 +221,11 @@ def _golden_section(f, lo: float, hi: float, steps: int = 40) -> float:
 
 
 def _tune_k(model: NGramModel, valid: Segments, scored: np.ndarray) -> float:
+    ranks = ranks_ending_at(model.tables, valid, model.vocab_size)
+
     def nll(log10_k: float) -> float:
         model.params["k"] = 10.0**log10_k
-        return -model.log_probs(valid)[scored].mean()
+        return -np.log(_count_probs(model, ranks, valid)[scored]).mean()
 
     best = _golden_section(nll, -5.0, 1.0)
     return float(10.0**best)

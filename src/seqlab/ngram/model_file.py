@@ -14,7 +14,7 @@ import numpy as np
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
-from seqlab.ngram.counts import Table, lookup
+from seqlab.ngram.counts import table_from_words, unigram_table
 from seqlab.ngram.estimate import NGramModel, estimate
 
 FORMAT = "seqlab-ngram-1"
@@ -57,17 +57,11 @@ def load_model(path: str | Path, vocab_sha256: str | None = None) -> NGramModel:
             f"{path}: built for vocabulary {meta['vocab_sha256'][:12]}, not the current one {vocab_sha256[:12]}"
         )
     size = meta["vocab_size"]
-    vocab = np.arange(size, dtype=np.int64)
-    tables = [Table(1, vocab, arrays["counts_1"], np.zeros(size, np.int64), vocab, np.full(size, -1), vocab)]
-    words = vocab[:, None]
+    tables = [unigram_table(arrays["counts_1"])]
+    words = tables[0].word[:, None]
     for k in range(2, meta["order"] + 1):
         keys = arrays[f"keys_{k}"]
-        prefix, word = keys // size, keys % size
-        words = np.hstack([words[prefix], word[:, None]])
-        suffix = words[:, 1]
-        for j in range(2, k):
-            suffix = lookup(tables[j - 1], suffix, words[:, j], size)
-        tables.append(Table(k, keys, arrays[f"counts_{k}"], prefix, word, suffix, words[:, 0]))
+        words = np.hstack([words[keys // size], (keys % size)[:, None]])
+        tables.append(table_from_words(words, arrays[f"counts_{k}"], tables, size)[0])
     params = meta["params"]
-    model = estimate(meta["estimator"], tables, size, meta["bos"], k=params.get("k"), lambdas=params.get("lambdas"))
-    return model
+    return estimate(meta["estimator"], tables, size, meta["bos"], k=params.get("k"), lambdas=params.get("lambdas"))
