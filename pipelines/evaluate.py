@@ -1,4 +1,5 @@
-"""evaluate: every model's scores -> metrics/evaluate.json (DVC metrics), metrics/leaderboard.csv, plots/perplexity.png."""
+"""evaluate: every model's scores (the n-gram grid and the neural model) -> metrics/evaluate.json (DVC metrics),
+metrics/leaderboard.csv, plots/perplexity.png."""
 
 from seqlab import stage
 from seqlab.errors import exit_on_error
@@ -13,7 +14,8 @@ def main() -> None:
     params = stage.params()
     grid = params.ngram
     with stage.tracked("evaluate", params, "ngram") as run:
-        board = leaderboard([read_json(f"{MODELS}/ngram/{e}-{o}/scores.json") for e in grid.estimators for o in grid.orders])
+        ngrams = [f"{MODELS}/ngram/{e}-{o}/scores.json" for e in grid.estimators for o in grid.orders]
+        board = leaderboard([read_json(path) for path in [*ngrams, f"{MODELS}/neural/scores.json"]])
         metrics = dvc_metrics(board)
         write_json(METRICS, metrics)
         with atomic_path(LEADERBOARD) as tmp:

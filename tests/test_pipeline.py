@@ -33,6 +33,8 @@ def make_project(root: Path, **changes) -> Path:
     params["data"].update(source="directory", path="data/corpus")
     params["vocab"].update(min_freq=1)
     params["ngram"].update(orders=[1, 3])
+    params["model"].update(embed_dim=16, hidden_dim=16, layers=1, memory=4, cutoffs=[5, 10])
+    params["train"].update(batch_size=2, bptt=8, epochs=2, eval_batch_size=2, checkpoint_every=3)
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         params[section][key] = value

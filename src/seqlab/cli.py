@@ -1,9 +1,15 @@
 """The ``seqlab`` console script.
 
     seqlab score MODEL [--tokens data/tokens/test.txt] [--vocab data/vocab]
+        score a token stream with any model (n-gram ``model.npz``, ARPA file, neural ``model.pt``)
+    seqlab predict --model PATH_OR_URI --context "to be or not to" [--top-k 5]
+        the most likely next tokens and their probabilities
+    seqlab generate --model PATH_OR_URI --prompt "To be or not to be" [--max-tokens 60]
+            [--temperature 0.8] [--top-k 40] [--seed 1] [--visualize attention.png]
+        sample a continuation; optionally draw the attention weights as a heatmap
 
-scores a token stream with an n-gram model (``model.npz`` or an ARPA file) by the project's
-counting convention and prints perplexity and cross-entropy.
+A neural model is a checkpoint path (default ``models/neural/model.pt``) or an MLflow model URI such
+as ``models:/seqlab-lstm_attention@champion``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from seqlab.errors import exit_on_error
+from seqlab.errors import SeqLabError, exit_on_error
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -24,6 +30,11 @@ def _score(args: argparse.Namespace) -> None:
     vocab = load_vocab(args.vocab)
     if args.model.suffix == ".npz":
         model = load_model(args.model, vocab.sha256)
+    elif args.model.suffix == ".pt":
+        from seqlab.models.checkpoint import load_checkpoint
+        from seqlab.models.scoring import NeuralLM
+
+        model = NeuralLM(load_checkpoint(args.model, vocab.sha256))
     else:
         model = read_arpa(args.model, vocab.index, vocab.index[BOS])
     lines = read_stream(args.tokens)
@@ -34,15 +45,62 @@ def _score(args: argparse.Namespace) -> None:
     print(f"perplexity {result.ppl:.4f}  cross-entropy {result.xent_nats:.6f} nats = {result.xent_bits:.6f} bits per token")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from seqlab.generate import load, predict
+
+    loaded = load(args.model, args.vocab, args.tokenizer)
+    for token, probability in predict(loaded, args.context, args.top_k):
+        print(f"{probability:.6f}  {token}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import sys
+
+    from seqlab.generate import detokenize, generate, load, plot_attention
+
+    if args.max_tokens < 1:
+        raise SeqLabError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
+    loaded = load(args.model, args.vocab, args.tokenizer)
+    if args.visualize and getattr(loaded.model.config, "attention", None) == "none" and loaded.model.config.kind != "transformer":
+        raise SeqLabError(f"{args.model}: this model has no attention to draw (model.attention: none)")
+    result = generate(loaded, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed, need_weights=bool(args.visualize))
+    print(detokenize(loaded, result.tokens))
+    print(f"{result.prompt_length} prompt tokens in {result.prompt_seconds * 1000:.1f} ms; "
+          f"{len(result.generated)} tokens generated at {result.tokens_per_s:.0f} tokens/s", file=sys.stderr)
+    if args.visualize:
+        plot_attention(result, args.visualize)
+        print(f"attention heatmap: {args.visualize}", file=sys.stderr)
+
+
+def _neural_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="models/neural/model.pt", help="checkpoint path or MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
+    parser.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory (for a checkpoint path)")
+    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokens/tokenizer.json"), help="tokenizer (for a checkpoint path)")
+
+
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="seqlab", description="SeqLab: language models, reproducibly.")
     commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="score a token stream with an n-gram model (model.npz or ARPA)")
-    score.add_argument("model", type=Path, help="model.npz or a .arpa file")
+    score = commands.add_parser("score", help="score a token stream with a model (model.npz, .arpa or a neural model.pt)")
+    score.add_argument("model", type=Path, help="model.npz, a .arpa file or a neural model.pt")
     score.add_argument("--tokens", type=Path, default=Path("data/tokens/test.txt"), help="token stream, one sequence per line")
     score.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory")
     score.set_defaults(run=_score)
+    predict = commands.add_parser("predict", help="next-token distribution of a neural model")
+    _neural_options(predict)
+    predict.add_argument("--context", required=True, help="text before the token to predict")
+    predict.add_argument("--top-k", type=int, default=5, help="how many tokens to list")
+    predict.set_defaults(run=_predict)
+    gen = commands.add_parser("generate", help="sample text from a neural model")
+    _neural_options(gen)
+    gen.add_argument("--prompt", default="", help="text to continue")
+    gen.add_argument("--max-tokens", type=int, default=60)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--visualize", type=Path, default=None, metavar="PNG", help="write a heatmap of the attention weights")
+    gen.set_defaults(run=_generate)
     args = parser.parse_args(argv)
     args.run(args)
 

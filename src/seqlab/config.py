@@ -123,6 +123,52 @@ class NgramParams(_Section):
         return self
 
 
+class ModelParams(_Section):
+    kind: Literal["lstm_attention", "transformer"]
+    rnn: Literal["lstm", "gru"]
+    attention: Literal["none", "dot", "general", "additive", "multihead"]
+    heads: int = Field(ge=1)
+    memory: int = Field(ge=1)  # states before each position that attention sees
+    embed_dim: int = Field(ge=1)
+    hidden_dim: int = Field(ge=1)
+    layers: int = Field(ge=1)
+    dropout_embed: float = Field(ge=0, lt=1)
+    dropout_rnn: float = Field(ge=0, lt=1)
+    dropout_out: float = Field(ge=0, lt=1)
+    tie_weights: bool
+    output: Literal["full", "adaptive"]
+    cutoffs: list[int]  # adaptive softmax cluster edges, increasing, below the vocabulary size
+    div_value: float = Field(gt=1)
+    ff_dim: int | None = Field(ge=1)  # transformer; null matches the LSTM-attention parameter count
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelParams":
+        if self.tie_weights and self.output != "full":
+            raise ValueError("tie_weights needs output: full (an adaptive softmax has no single decoder matrix)")
+        if self.output == "adaptive" and (not self.cutoffs or any(b <= a for a, b in zip(self.cutoffs, self.cutoffs[1:])) or self.cutoffs[0] < 1):
+            raise ValueError(f"cutoffs must be positive and increasing for output: adaptive (got {self.cutoffs})")
+        width = self.embed_dim if self.kind == "transformer" else self.hidden_dim
+        if (self.kind == "transformer" or self.attention == "multihead") and width % self.heads:
+            raise ValueError(f"heads must divide the attention width {width} (got {self.heads})")
+        return self
+
+
+class TrainParams(_Section):
+    batch_size: int = Field(ge=1)
+    bptt: int = Field(ge=1)  # tokens per truncated-BPTT window
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    clip: float = Field(gt=0)  # gradient-norm clipping
+    patience: int = Field(ge=1)  # early stopping: epochs without a better valid loss
+    lr_factor: float = Field(gt=0, lt=1)  # reduce-on-plateau
+    lr_patience: int = Field(ge=0)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    amp: bool  # bf16 autocast on CUDA
+    eval_batch_size: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)  # steps between resume checkpoints
+
+
 class TrackingParams(_Section):
     experiment: str = Field(min_length=1)
 
@@ -133,6 +179,8 @@ class Params(_Section):
     vocab: VocabParams
     validate_: ValidateParams = Field(alias="validate")
     ngram: NgramParams
+    model: ModelParams
+    train: TrainParams
     tracking: TrackingParams
 
 

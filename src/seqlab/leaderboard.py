@@ -43,24 +43,28 @@ def dvc_metrics(board: pd.DataFrame) -> dict:
 
 
 def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
-    """Test perplexity against order, one line per estimator (infinite perplexities left out)."""
+    """Test perplexity against order, one line per n-gram estimator (infinite perplexities left out);
+    each neural model, which has no order, is a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for estimator, rows in board.groupby("estimator", sort=False):
+    ngram = board[board.family == "ngram"]
+    for estimator, rows in ngram.groupby("estimator", sort=False):
         rows = rows[rows.test_ppl.map(math.isfinite)].sort_values("order")
         if len(rows):
             ax.plot(rows.order, rows.test_ppl, marker="o", label=estimator)
+    for i, row in enumerate(board[board.family == "neural"].itertuples()):
+        ax.axhline(row.test_ppl, linestyle="--", color=f"C{(len(ngram.estimator.unique()) + i) % 10}", label=f"{row.model} ({row.test_ppl:.1f})")
     ax.set_yscale("log")
-    ax.set_xticks(sorted(board.order.unique()))
+    ax.set_xticks(sorted(ngram.order.unique()))
     ax.set_xlabel("n-gram order")
     ax.set_ylabel("test perplexity (log scale)")
     ax.set_title(f"Perplexity on the same {int(board.test_tokens.iloc[0])} test tokens")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="estimator")
+    ax.legend(title="model", fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -86,8 +86,8 @@ class StageRun:
     def log_params(self, params: Mapping) -> None:
         self._mlflow.log_params(flatten(params))
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, compress: bool = False) -> None:
         """Log a file or directory; ``compress`` logs a gzipped copy of a file (ARPA text packs ~4x)."""
@@ -135,11 +135,44 @@ class StageRun:
                 pip_requirements=["numpy", "pandas", "pyyaml", "pydantic"],
                 registered_model_name=registered_name,
             )
-        version = str(info.registered_model_version)
+        return self._tag_version(registered_name, str(info.registered_model_version), tags)
+
+    def _tag_version(self, registered_name: str, version: str, tags: Mapping[str, str]) -> str:
         client = self._mlflow.MlflowClient()
         for key, value in tags.items():
             client.set_model_version_tag(registered_name, version, key, value)
         return version
+
+    def log_torch_model(self, module, input_example, extra_files: list[str | Path], registered_name: str, tags: Mapping[str, str]) -> str:
+        """Log ``module`` in MLflow's PyTorch flavour with a tensor signature inferred from
+        ``input_example``, the seqlab package beside it and ``extra_files`` (the weights-only checkpoint
+        and vocabulary that ``seqlab predict`` reads); register a version; return its number."""
+        import logging
+
+        import mlflow.pytorch
+        import seqlab
+        from mlflow.models import infer_signature
+
+        # MLflow warns that its PyTorch flavour pickles the module; seqlab itself only ever reads the
+        # weights-only checkpoint among the extra files, so the warning would only confuse stage logs
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch
+
+            with torch.no_grad():
+                output = module(input_example).numpy()
+            info = mlflow.pytorch.log_model(
+                module,
+                name="model",
+                signature=infer_signature(input_example.numpy(), output),
+                code_paths=[str(Path(seqlab.__file__).parent)],
+                extra_files=[str(path) for path in extra_files],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                registered_model_name=registered_name,
+                serialization_format="pickle",
+            )
+        return self._tag_version(registered_name, str(info.registered_model_version), tags)
 
     def tag_data_hashes(self, kind: str, paths: list[str | Path]) -> None:
         """Tag ``dvc.<kind>.<path>`` with the hash DVC records for it (``kind`` is deps or outs)."""

@@ -1,0 +1,93 @@
+"""train: the neural LM of params.yaml (model, train) -> models/neural/ (model.pt, scores.json), metrics/train.json,
+metrics/train_history.csv, plots/learning_curve.png.
+
+An interrupted run (Ctrl-C, kill -9) resumes from checkpoints/train/ on the next `dvc repro`.
+"""
+
+import resource
+import shutil
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from seqlab import stage
+from seqlab.errors import SeqLabError, exit_on_error
+from seqlab.evaluate import load_eval_set, score
+from seqlab.io import atomic_path, dvc_md5, write_json
+from seqlab.models import ModelConfig, build, count_parameters, matched_ff_dim
+from seqlab.models.checkpoint import load_checkpoint
+from seqlab.models.scoring import NeuralLM, NextToken
+from seqlab.train import TrainConfig, fingerprint, plot_learning_curve, train
+from seqlab.vocab import load_vocab
+
+TOKENS, VOCAB, OUT, WORK = "data/tokens", "data/vocab", "models/neural", "checkpoints/train"
+METRICS, HISTORY, CURVE = "metrics/train.json", "metrics/train_history.csv", "plots/learning_curve.png"
+
+
+@exit_on_error
+def main() -> None:
+    params = stage.params()
+    vocab = load_vocab(VOCAB)
+    spec = params.model.model_dump()
+    if spec["output"] == "adaptive" and spec["cutoffs"][-1] >= len(vocab):
+        raise SeqLabError(f"params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size {len(vocab)} (got {spec['cutoffs']})")
+    ff_dim = spec.pop("ff_dim")
+    config = ModelConfig(vocab_size=len(vocab), **{**spec, "cutoffs": tuple(spec["cutoffs"])})
+    if config.kind == "transformer":
+        config = replace(config, ff_dim=ff_dim or matched_ff_dim(config))
+    cfg = TrainConfig(**params.train.model_dump())
+    name = config.kind.replace("_attention", "") + ("" if config.kind == "transformer" else f"-{config.attention}")
+    with stage.tracked(f"train {name}", params, "model", "train") as run:
+        train_set, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
+        torch.manual_seed(cfg.seed)
+        model = build(config)
+        parameters = count_parameters(model)
+        run.log_params({"parameters": parameters, "resolved_ff_dim": config.ff_dim})
+        print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens")
+        log_epoch = lambda e: run.log_metrics(  # noqa: E731
+            {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
+        started = time.perf_counter()
+        result = train(model, cfg, train_set.segments.ids, valid.segments.ids, valid.scored, WORK, vocab.sha256,
+                       fingerprint(config.as_dict(), params.train.model_dump(), vocab.sha256, dvc_md5(TOKENS)), log_epoch)
+        seconds = time.perf_counter() - started
+        best = load_checkpoint(f"{WORK}/best.pt", vocab.sha256)
+        scorer = NeuralLM(best, cfg.eval_batch_size, max(cfg.bptt, 64))
+        scores = {split: score(scorer, data, name) for split, data in (("valid", valid), ("test", test))}
+        with atomic_path(OUT) as tmp:
+            tmp.mkdir()
+            shutil.copyfile(f"{WORK}/best.pt", tmp / "model.pt")
+            write_json(tmp / "scores.json", {
+                "model": name, "family": "neural", "estimator": config.kind, "order": None,
+                "config": config.as_dict(), "parameters": parameters, "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history), "stopped_early": result.stopped_early, "vocab_sha256": vocab.sha256,
+                **{split: s.as_dict() for split, s in scores.items()}})
+        with atomic_path(HISTORY) as tmp:
+            pd.DataFrame([vars(e) for e in result.history]).to_csv(tmp, index=False, float_format="%.6g")
+        plot_learning_curve(result.history, CURVE, name)
+        write_json(METRICS, {"model": name, "parameters": parameters, "best_epoch": result.best_epoch,
+                             "valid_ppl": scores["valid"].ppl, "test_ppl": scores["test"].ppl,
+                             "test_xent_bits": scores["test"].xent_bits, "train_minutes": seconds / 60})
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        run.log_metrics({"best_epoch": result.best_epoch, "train_seconds": seconds, "peak_memory_mb": peak_mb,
+                         **scores["valid"].metrics("valid"), **scores["test"].metrics("test")})
+        if result.resumed_from:
+            run.set_tag("seqlab.resumed_from", result.resumed_from)
+        for artifact in (CURVE, HISTORY, f"{OUT}/scores.json"):
+            run.log_artifact(artifact)
+        example = torch.from_numpy(np.resize(valid.segments.ids, 16).reshape(2, 8))  # two 8-token contexts
+        version = run.log_torch_model(
+            NextToken(best), example, [f"{OUT}/model.pt", f"{VOCAB}/vocab.tsv", f"{VOCAB}/vocab.json", f"{TOKENS}/tokenizer.json"],
+            f"seqlab-{config.kind}",
+            {"model": name, "vocab_sha256": vocab.sha256, "test_ppl": f"{scores['test'].ppl:.6g}", "data_hash": dvc_md5(TOKENS)})
+        run.tag_data_hashes("deps", [TOKENS, VOCAB])
+        run.tag_data_hashes("outs", [OUT])
+    shutil.rmtree(WORK, ignore_errors=True)
+    print(f"train {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f} (best epoch {result.best_epoch} "
+          f"of {len(result.history)}), {seconds / 60:.1f} min; registered as seqlab-{config.kind} version {version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Neural language models: the LSTM with attention and its Transformer baseline, one interface.
+
+A model maps token ids and a carried state to features; its ``output`` layer turns features into
+log-probabilities. ``init_state``/``forward(ids, state)`` serve training windows, scoring and
+token-by-token generation alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import nn
+
+from seqlab.models.lstm_attention import LSTMAttentionLM, ModelConfig, State
+from seqlab.models.transformer import TransformerLM
+
+KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
+
+__all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "count_parameters", "matched_ff_dim"]
+
+
+def build(config: ModelConfig) -> nn.Module:
+    return KINDS[config.kind](config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def matched_ff_dim(config: ModelConfig) -> int:
+    """The transformer feed-forward width whose parameter count is closest to the LSTM-attention
+    model with the same other settings (parameters grow linearly in the width)."""
+    target = count_parameters(LSTMAttentionLM(replace(config, kind="lstm_attention")))
+    small, large = (count_parameters(TransformerLM(replace(config, kind="transformer", ff_dim=w))) for w in (1, 2))
+    per_unit = large - small
+    return max(1, round(1 + (target - small) / per_unit))

@@ -1,0 +1,58 @@
+"""Checkpoints: weights + architecture + vocabulary hash in one ``.pt`` file, written atomically.
+
+Loading uses ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain values only, so
+loading never runs pickled code. A damaged file, a file of some other kind, or a checkpoint trained
+on a different vocabulary is refused with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seqlab.errors import SeqLabError
+from seqlab.io import atomic_path
+from seqlab.models import ModelConfig, build
+
+FORMAT = "seqlab-neural-lm/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, vocab_sha256: str, **extra) -> None:
+    payload = {"format": FORMAT, "config": model.config.as_dict(), "vocab_sha256": vocab_sha256,
+               "state_dict": model.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint's contents, or a SeqLabError if the file is missing, damaged or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise SeqLabError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SeqLabError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason[:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SeqLabError(f"{path}: not a SeqLab neural model checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | Path, vocab_sha256: str | None, device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a checkpoint in eval mode on ``device``; ``vocab_sha256`` (if given) must match."""
+    payload = read_checkpoint(path, map_location=device)
+    if vocab_sha256 is not None and payload["vocab_sha256"] != vocab_sha256:
+        raise SeqLabError(f"{path}: trained with vocabulary {payload['vocab_sha256'][:12]}, "
+                          f"but the vocabulary given is {vocab_sha256[:12]}; retrain or pass the matching --vocab")
+    try:
+        model = build(ModelConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise SeqLabError(f"{path}: checkpoint does not match its architecture: {reason[:200]}") from None
+    return model.to(device).eval()

@@ -1,0 +1,101 @@
+"""The neural models: causality, the attention cache, incremental decoding, the output layers."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from seqlab.models import ModelConfig, build, count_parameters, matched_ff_dim
+from seqlab.models.attention import band_mask
+
+TINY = ModelConfig(vocab_size=40, embed_dim=16, hidden_dim=16, layers=2, heads=4, memory=5, cutoffs=(8, 20))
+VARIANTS = [
+    *(replace(TINY, attention=a) for a in ("none", "dot", "general", "additive", "multihead")),
+    replace(TINY, rnn="gru"),
+    replace(TINY, output="full", tie_weights=True),
+    replace(TINY, kind="transformer", ff_dim=32),
+]
+IDS = [f"{c.kind}-{c.rnn}-{c.attention}-{c.output}" for c in VARIANTS]
+
+
+def model_of(config):
+    torch.manual_seed(0)
+    return build(config).eval()
+
+
+def features(model, ids, window):
+    state, pieces = model.init_state(ids.shape[0]), []
+    for start in range(0, ids.shape[1], window):
+        out, state, _ = model(ids[:, start : start + window], state)
+        pieces.append(out)
+    return torch.cat(pieces, dim=1)
+
+
+def test_band_mask_allows_itself_and_memory_before_it():
+    allowed = band_mask(queries=3, keys=5, memory=2)  # queries are key positions 2, 3, 4
+    assert allowed.int().tolist() == [[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=IDS)
+def test_no_position_sees_the_future(config):
+    model = model_of(config)
+    ids = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(1))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 40
+    before, after = features(model, ids, 12), features(model, changed, 12)
+    assert torch.allclose(before[:, :7], after[:, :7], atol=1e-6)
+    assert not torch.allclose(before[:, 7:], after[:, 7:])
+
+
+@pytest.mark.parametrize("config", [c for c in VARIANTS if c.kind == "lstm_attention"], ids=IDS[:-1])
+def test_token_by_token_equals_windows_equals_one_pass(config):
+    """The carried state (recurrent state + attention cache) makes window edges invisible."""
+    model = model_of(config)
+    ids = torch.randint(0, 40, (3, 23), generator=torch.Generator().manual_seed(2))
+    whole = features(model, ids, 23)
+    assert torch.allclose(whole, features(model, ids, 1), atol=1e-5)
+    assert torch.allclose(whole, features(model, ids, 4), atol=1e-5)
+
+
+def test_attention_cache_keeps_the_last_memory_states_and_attends_across_windows():
+    model = model_of(TINY)
+    state = model.init_state(1)
+    _, state, weights = model(torch.arange(3).unsqueeze(0), state, need_weights=True)
+    assert state["keys"].shape == (1, 3, 16) and weights.shape == (1, 3, 3)
+    _, state, weights = model(torch.arange(3, 10).unsqueeze(0), state, need_weights=True)
+    assert state["keys"].shape == (1, 5, 16) and weights.shape == (1, 7, 3 + 7)
+    # the first position of the second window attends to the previous window's states
+    assert weights[0, 0, :3].sum() > 0 and torch.allclose(weights.sum(-1), torch.ones(1, 7))
+    assert (weights[0, 0, 4:] == 0).all()  # ... and not to later positions
+
+
+@pytest.mark.parametrize("output", ["full", "adaptive"])
+def test_output_distributions_sum_to_one_and_agree_with_target_log_probs(output):
+    model = model_of(replace(TINY, output=output))
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(3))
+    out, _, _ = model(ids, model.init_state(2))
+    log_probs = model.output.log_probs(out)
+    assert log_probs.shape == (2, 9, 40)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 9), atol=1e-5)
+    targets = torch.roll(ids, -1, dims=1)
+    assert torch.allclose(model.output.target_log_probs(out, targets), log_probs.gather(2, targets.unsqueeze(-1)).squeeze(-1), atol=1e-5)
+
+
+def test_tied_weights_share_the_embedding():
+    model = model_of(replace(TINY, output="full", tie_weights=True))
+    assert model.output.decoder.weight is model.embed.weight
+    assert count_parameters(model) < count_parameters(model_of(replace(TINY, output="full")))
+
+
+def test_transformer_baseline_matches_the_parameter_count():
+    config = replace(TINY, attention="dot")
+    lstm = count_parameters(build(config))
+    ff = matched_ff_dim(config)
+    transformer = count_parameters(build(replace(config, kind="transformer", ff_dim=ff)))
+    per_unit = count_parameters(build(replace(config, kind="transformer", ff_dim=ff + 1))) - transformer
+    assert abs(transformer - lstm) <= per_unit / 2 + 1
+
+
+def test_multihead_needs_heads_dividing_the_width():
+    with pytest.raises(ValueError, match="not divisible"):
+        build(replace(TINY, attention="multihead", heads=3))

@@ -1,0 +1,154 @@
+"""The trainer and checkpoints: learning, early stopping, resume after kill -9, safe loading."""
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seqlab.errors import SeqLabError
+from seqlab.models import ModelConfig, build
+from seqlab.models.checkpoint import load_checkpoint, save_checkpoint
+from seqlab.models.scoring import stream_log_probs
+from seqlab.train import TrainConfig, train
+
+VOCAB = 30
+CONFIG = ModelConfig(vocab_size=VOCAB, embed_dim=16, hidden_dim=24, layers=1, heads=2, memory=6, cutoffs=(6, 15))
+TRAIN = TrainConfig(batch_size=4, bptt=10, epochs=3, lr=1e-2, patience=2, eval_batch_size=3, checkpoint_every=7)
+
+
+def stream(length: int, seed: int) -> np.ndarray:
+    """A language where each token mostly determines the next: learnable, and far from uniform."""
+    rng = np.random.default_rng(seed)
+    successor = np.random.default_rng(0).permutation(VOCAB)
+    ids = [0]
+    for _ in range(length - 1):
+        ids.append(int(successor[ids[-1]]) if rng.random() < 0.9 else int(rng.integers(VOCAB)))
+    return np.array(ids, dtype=np.int64)
+
+
+TRAIN_IDS, VALID_IDS = stream(3000, 1), stream(400, 2)
+SCORED = np.arange(len(VALID_IDS)) > 0
+
+
+def run(workdir, config=CONFIG, cfg=TRAIN, **kwargs):
+    torch.manual_seed(cfg.seed)
+    model = build(config)
+    return model, train(model, cfg, TRAIN_IDS, VALID_IDS, SCORED, workdir, "vocab-hash", "run-1", progress=False, **kwargs)
+
+
+def test_training_learns_the_language(tmp_path):
+    _, result = run(tmp_path)
+    # uniform (and unigram) perplexity is about 30; the source's own is 1.9
+    assert result.history[0].valid_ppl < 15 and result.best_valid_ppl < 7
+    assert [e.valid_loss for e in result.history] == sorted((e.valid_loss for e in result.history), reverse=True)
+    best = load_checkpoint(tmp_path / "best.pt", "vocab-hash")
+    log_probs = stream_log_probs(best, VALID_IDS, batch_size=3, window=64)  # as the trainer scores valid
+    assert math.isclose(math.exp(-log_probs[SCORED].mean()), result.best_valid_ppl, rel_tol=1e-9)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
+    frozen = replace(TRAIN, lr=1e-30, epochs=10, patience=2, lr_patience=100)
+    _, result = run(tmp_path, cfg=frozen)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+CHILD = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_train import run
+def die(epoch):
+    if epoch.epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+run(sys.argv[1], on_epoch=die if sys.argv[2] == "kill" else (lambda e: None))
+"""
+
+
+def test_resume_after_kill_9_reaches_the_same_weights_and_metrics(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), "kill"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (1, 70)  # in epoch 2 (of 75 steps): the last multiple of 7
+
+    _, resumed = run(tmp_path / "a")
+    _, straight = run(tmp_path / "b")
+    assert resumed.resumed_from == "epoch 2 step 70" and straight.resumed_from is None
+    drop = lambda history: [{k: v for k, v in asdict(e).items() if k not in ("tokens_per_s", "seconds")} for e in history]  # noqa: E731
+    assert drop(resumed.history) == drop(straight.history)
+    a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_resume_state_of_other_settings_is_not_used(tmp_path, capsys):
+    run(tmp_path, cfg=replace(TRAIN, epochs=1))
+    torch.manual_seed(0)
+    model = build(CONFIG)
+    result = train(model, replace(TRAIN, epochs=1), TRAIN_IDS, VALID_IDS, SCORED, tmp_path, "vocab-hash", "run-2", progress=False)
+    assert result.resumed_from is None and "starting afresh" in capsys.readouterr().out
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    for config in (CONFIG, replace(CONFIG, kind="transformer", ff_dim=40), replace(CONFIG, attention="multihead", output="full", tie_weights=True)):
+        torch.manual_seed(0)
+        model = build(config).eval()
+        save_checkpoint(tmp_path / "m.pt", model, "vocab-hash")
+        loaded = load_checkpoint(tmp_path / "m.pt", "vocab-hash")
+        ids = torch.from_numpy(VALID_IDS[:40].reshape(2, 20))
+        with torch.no_grad():
+            a, _, _ = model(ids, model.init_state(2))
+            b, _, _ = loaded(ids, loaded.init_state(2))
+            assert torch.equal(model.output.log_probs(a), loaded.output.log_probs(b))
+        assert loaded.config == config
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build(CONFIG), "vocab-hash")
+    return tmp_path / "model.pt"
+
+
+def test_bad_checkpoints_are_refused_with_one_line(checkpoint, tmp_path):
+    data = checkpoint.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.pt").write_bytes(os.urandom(2000))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    cases = {
+        "truncated.pt": "not a readable checkpoint (corrupt or truncated?)",
+        "noise.pt": "not a readable checkpoint (corrupt or truncated?)",
+        "other.pt": "not a SeqLab neural model checkpoint",
+        "missing.pt": "checkpoint not found",
+    }
+    for name, message in cases.items():
+        with pytest.raises(SeqLabError) as err:
+            load_checkpoint(tmp_path / name, "vocab-hash")
+        assert str(err.value).startswith(f"{tmp_path / name}: {message}") and "\n" not in str(err.value)
+    with pytest.raises(SeqLabError, match="trained with vocabulary vocab-hash, but the vocabulary given is other-vocab"):
+        load_checkpoint(checkpoint, "other-vocab-hash")
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_loading_never_runs_pickled_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "seqlab-neural-lm/1", "payload": Boom()}, tmp_path / "evil.pt")
+    with pytest.raises(SeqLabError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt", None)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_too_little_training_data_is_one_clear_error(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(SeqLabError, match="the train split has 5 tokens: too few for batch_size 4"):
+        train(build(CONFIG), TRAIN, TRAIN_IDS[:5], VALID_IDS, SCORED, tmp_path, "v", "f", progress=False)
