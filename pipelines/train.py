@@ -48,7 +48,7 @@ def main() -> None:
         run.log_params({"parameters": parameters, "resolved_ff_dim": config.ff_dim})
         print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens")
         log_epoch = lambda e: run.log_metrics(  # noqa: E731
-            {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
+            {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "epoch_valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
         started = time.perf_counter()
         result = train(model, cfg, train_set.segments.ids, valid.segments.ids, valid.scored, WORK, vocab.sha256,
                        fingerprint(config.as_dict(), params.train.model_dump(), vocab.sha256, dvc_md5(TOKENS)), log_epoch)
@@ -83,7 +83,7 @@ def main() -> None:
             f"seqlab-{config.kind}",
             {"model": name, "vocab_sha256": vocab.sha256, "test_ppl": f"{scores['test'].ppl:.6g}", "data_hash": dvc_md5(TOKENS)})
         run.tag_data_hashes("deps", [TOKENS, VOCAB])
-        run.tag_data_hashes("outs", [OUT])
+        run.tag_data_hashes("outs", [OUT, METRICS, HISTORY, CURVE])
     shutil.rmtree(WORK, ignore_errors=True)
     print(f"train {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f} (best epoch {result.best_epoch} "
           f"of {len(result.history)}), {seconds / 60:.1f} min; registered as seqlab-{config.kind} version {version}")

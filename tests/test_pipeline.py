@@ -97,7 +97,7 @@ def test_one_parent_run_with_a_child_per_stage(project):
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
     grid = [f"ngram {e}-{o}" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn") for o in (1, 3)]
-    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "evaluate"]
+    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "train lstm-dot", "evaluate"]
     assert set(children["status"]) == {"FINISHED"}
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert set(frame["tags.mlflow.source.git.commit"]) == {commit}
@@ -108,8 +108,9 @@ def test_one_parent_run_with_a_child_per_stage(project):
 
 def test_data_hash_tags_equal_dvc_lock(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    frame = runs(project).set_index(runs(project)["tags.mlflow.runName"].str.replace("ngram ", "ngram@"))
-    for stage in ("prepare", "tokenize", "vocab", "validate", "ngram@mkn-3"):
+    names = runs(project)["tags.mlflow.runName"].str.replace("ngram ", "ngram@").str.replace(r"^train .*", "train", regex=True)
+    frame = runs(project).set_index(names)
+    for stage in ("prepare", "tokenize", "vocab", "validate", "ngram@mkn-3", "train"):
         for out in lock[stage]["outs"]:
             assert frame.loc[stage, f"tags.dvc.outs.{out['path']}"] == out["md5"]
         for dep in lock[stage]["deps"]:
@@ -146,7 +147,7 @@ def test_param_change_reruns_only_what_it_touches_under_a_new_parent(project):
     names = list(new["tags.mlflow.runName"].str.replace(r"^pipeline .*", "pipeline", regex=True))
     assert names == ["pipeline", *[f"ngram {e}-2" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")], "evaluate"]
     board = pd.read_csv(project / "metrics" / "leaderboard.csv")
-    assert len(board) == 21
+    assert len(board) == 21 + 1  # the neural model was not retrained, and is still on the board
 
 
 def test_leaderboard_scores_every_model_on_the_same_tokens(project):
@@ -160,6 +161,69 @@ def test_leaderboard_scores_every_model_on_the_same_tokens(project):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert metrics["best_model"] == board.model.iloc[0] and metrics["models"]["ngram-mle-3"]["test_ppl"] == "inf"
     assert (project / "plots" / "perplexity.png").stat().st_size > 1000
+    neural = board.set_index("model").loc["lstm-dot"]
+    scores = json.loads((project / "models" / "neural" / "scores.json").read_text())
+    assert neural.family == "neural" and neural.test_ppl == pytest.approx(scores["test"]["ppl"], rel=1e-5)
+    ngram = json.loads((project / "models" / "ngram" / "mkn-3" / "scores.json").read_text())
+    assert scores["test"]["fingerprint"] == ngram["test"]["fingerprint"] and scores["test"]["tokens"] == 15
+
+
+def test_train_stage_outputs_metrics_and_learning_curve(project):
+    assert (project / "models" / "neural" / "model.pt").stat().st_size > 1000
+    history = pd.read_csv(project / "metrics" / "train_history.csv")
+    assert list(history.epoch) == [1, 2] and (history.valid_ppl > 1).all()
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["model"] == "lstm-dot" and metrics["valid_ppl"] == pytest.approx(history.valid_ppl.min(), rel=1e-5)  # the CSV keeps 6 digits
+    assert (project / "plots" / "learning_curve.png").stat().st_size > 1000
+    assert not (project / "checkpoints" / "train").exists()  # resume state is removed once training is done
+    shown = dvc(project, "metrics", "show", "--json").stdout
+    assert '"metrics/train.json"' in shown
+
+
+def test_training_run_logs_epochs_and_registers_a_model(project):
+    import mlflow
+
+    frame = runs(project).set_index("tags.mlflow.runName")
+    run_id = frame.loc["train lstm-dot", "run_id"]
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run_id, "epoch_valid_ppl")] == [1, 2]  # per epoch ...
+    logged = client.get_run(run_id).data.metrics
+    assert {"train_loss", "valid_loss", "tokens_per_s", "lr", "test_ppl", "test_xent_bits"} <= set(logged)
+    assert logged["valid_ppl"] == pytest.approx(min(m.value for m in client.get_metric_history(run_id, "epoch_valid_ppl")))  # ... and of the best
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"learning_curve.png", "train_history.csv", "scores.json"} <= artifacts
+    [version] = client.search_model_versions("name='seqlab-lstm_attention'")
+    assert version.tags["model"] == "lstm-dot" and version.run_id == run_id
+
+    flavour = mlflow.pytorch.load_model(f"models:/seqlab-lstm_attention/{version.version}")
+    from seqlab.models.checkpoint import load_checkpoint
+    from seqlab.models.scoring import NextToken
+    from seqlab.vocab import load_vocab
+
+    checkpoint = load_checkpoint(project / "models" / "neural" / "model.pt", load_vocab(project / "data" / "vocab").sha256)
+    ids = __import__("torch").tensor([[1, 4, 5, 6], [1, 7, 8, 9]])
+    assert (flavour(ids) - NextToken(checkpoint)(ids)).abs().max() < 1e-6
+
+    by_path = sh(project, str(BIN / "seqlab"), "predict", "--context", "the cat sat on the", "--top-k", "3")
+    by_uri = sh(project, str(BIN / "seqlab"), "predict", "--model", "models:/seqlab-lstm_attention/1", "--context", "the cat sat on the", "--top-k", "3")
+    assert by_uri.stdout == by_path.stdout and len(by_path.stdout.splitlines()) == 3
+    missing = sh(project, str(BIN / "seqlab"), "predict", "--model", "models:/seqlab-lstm_attention/7", "--context", "the", check=False)
+    assert missing.returncode == 1 and last_line(missing).startswith("error: models:/seqlab-lstm_attention/7: cannot fetch the model")
+
+
+def test_train_stage_refuses_cutoffs_beyond_the_vocabulary(project):
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["model"]["cutoffs"] = [5, 40]
+    try:
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        before = (project / "models" / "neural" / "model.pt").read_bytes()
+        result = sh(project, sys.executable, "pipelines/train.py", check=False)
+        assert result.returncode == 1
+        assert last_line(result) == "error: params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size 14 (got [5, 40])"
+        assert (project / "models" / "neural" / "model.pt").read_bytes() == before
+    finally:
+        (project / "params.yaml").write_text(original)
 
 
 def test_every_ngram_model_is_registered_and_predicts_next_tokens(project):

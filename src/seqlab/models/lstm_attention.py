@@ -4,9 +4,9 @@
            -> tanh(LayerNorm(W [context; output])) -> output layer (full or adaptive softmax)
            -> next-token log-probs
 
-The layer norm keeps the tanh out of saturation: under Adam, without it, W [context; output] grows
-to |x| ~ 8 within ten steps and training stalls at the unigram plateau (valid perplexity ~530 after
-an epoch on the default corpus, against ~5.5 nats falling for the same model with it).
+The layer norm keeps the tanh out of saturation: under Adam, without it, W [context; output] reaches
+|x| ~ 8 within ten steps and training stalls at the unigram plateau (on the default corpus, valid
+perplexity 534 after one epoch and 552 after two; 131 after one epoch with the layer norm).
 
 The state carried from one window to the next (and from one generated token to the next) is the
 recurrent state plus the attention cache: the keys and values of the last ``memory`` outputs.
