@@ -7,17 +7,16 @@ An interrupted run (Ctrl-C, kill -9) resumes from checkpoints/train/ on the next
 import resource
 import shutil
 import time
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
 
 from seqlab import stage
-from seqlab.errors import SeqLabError, exit_on_error
+from seqlab.errors import exit_on_error
 from seqlab.evaluate import load_eval_set, score
 from seqlab.io import atomic_path, dvc_md5, write_json
-from seqlab.models import ModelConfig, build, count_parameters, matched_ff_dim
+from seqlab.models import build, config_from_params, count_parameters
 from seqlab.models.checkpoint import load_checkpoint
 from seqlab.models.scoring import NeuralLM, NextToken
 from seqlab.train import TrainConfig, fingerprint, plot_learning_curve, train
@@ -31,15 +30,9 @@ METRICS, HISTORY, CURVE = "metrics/train.json", "metrics/train_history.csv", "pl
 def main() -> None:
     params = stage.params()
     vocab = load_vocab(VOCAB)
-    spec = params.model.model_dump()
-    if spec["output"] == "adaptive" and spec["cutoffs"][-1] >= len(vocab):
-        raise SeqLabError(f"params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size {len(vocab)} (got {spec['cutoffs']})")
-    ff_dim = spec.pop("ff_dim")
-    config = ModelConfig(vocab_size=len(vocab), **{**spec, "cutoffs": tuple(spec["cutoffs"])})
-    if config.kind == "transformer":
-        config = replace(config, ff_dim=ff_dim or matched_ff_dim(config))
+    config = config_from_params(params.model.model_dump(), len(vocab))
     cfg = TrainConfig(**params.train.model_dump())
-    name = config.kind.replace("_attention", "") + ("" if config.kind == "transformer" else f"-{config.attention}")
+    name = "transformer" if config.kind == "transformer" else f"{config.rnn}-{config.attention}"  # lstm-dot, gru-none, ...
     with stage.tracked(f"train {name}", params, "model", "train") as run:
         train_set, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
         torch.manual_seed(cfg.seed)
@@ -54,7 +47,7 @@ def main() -> None:
                        fingerprint(config.as_dict(), params.train.model_dump(), vocab.sha256, dvc_md5(TOKENS)), log_epoch)
         seconds = time.perf_counter() - started
         best = load_checkpoint(f"{WORK}/best.pt", vocab.sha256)
-        scorer = NeuralLM(best, cfg.eval_batch_size, max(cfg.bptt, 64))
+        scorer = NeuralLM(best, cfg.eval_batch_size, cfg.eval_window)
         scores = {split: score(scorer, data, name) for split, data in (("valid", valid), ("test", test))}
         with atomic_path(OUT) as tmp:
             tmp.mkdir()

@@ -100,3 +100,18 @@ def test_ngram_grid_checks(tmp_path):
     assert "ngram.cutoffs: unigrams are never pruned" in error_of(write_params(tmp_path, first))
     down = lambda p: p["ngram"].update(cutoffs=[0, 2, 1])  # noqa: E731
     assert "non-decreasing (got [0, 2, 1])" in error_of(write_params(tmp_path, down))
+
+
+@pytest.mark.parametrize("section, change, expected", [
+    ("model", {"attention": "luong"}, "params.yaml: model.attention: Input should be 'none', 'dot', 'general', 'additive' or 'multihead' (got 'luong')"),
+    ("model", {"tie_weights": True}, "params.yaml: model: tie_weights needs output: full (an adaptive softmax has no single decoder matrix)"),
+    ("model", {"cutoffs": [8000, 2000]}, "params.yaml: model: cutoffs must be positive and increasing for output: adaptive (got [8000, 2000])"),
+    ("model", {"attention": "multihead", "heads": 3}, "params.yaml: model: heads must divide the attention width 256 (got 3)"),
+    ("model", {"memory": 0}, "params.yaml: model.memory: Input should be greater than or equal to 1 (got 0)"),
+    ("train", {"device": "tpu"}, "params.yaml: train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
+    ("train", {"lr_factor": 1.5}, "params.yaml: train.lr_factor: Input should be less than 1 (got 1.5)"),
+    ("train", {"epochs": 0}, "params.yaml: train.epochs: Input should be greater than or equal to 1 (got 0)"),
+])
+def test_model_and_train_checks(tmp_path, section, change, expected):
+    path = write_params(tmp_path, lambda p: p[section].update(change))
+    assert error_of(path) == expected.replace("params.yaml", str(path))

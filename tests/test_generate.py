@@ -102,8 +102,9 @@ def test_visualize_writes_a_readable_heatmap(in_project, capsys):
     loaded = load("models/neural/model.pt")
     result = generate(loaded, "the cat sat", 20, seed=2, need_weights=True)
     assert len(result.attention) == 4 + 20 + result.tokens.count("</s>")  # every fed position
-    for start, weights in result.attention:
-        assert np.isclose(weights.sum(), 1.0, atol=1e-5) and len(weights) <= 9  # itself + memory 8
+    for position, (start, weights) in enumerate(result.attention):  # itself and at most 8 before it
+        assert start + len(weights) - 1 == position and start == max(0, position - 8)
+        assert np.isclose(weights.sum(), 1.0, atol=1e-5)
 
 
 def test_bad_model_files_are_one_line_errors(in_project, capsys):

@@ -95,6 +95,13 @@ def test_resume_state_of_other_settings_is_not_used(tmp_path, capsys):
     assert result.resumed_from is None and "starting afresh" in capsys.readouterr().out
 
 
+def test_an_unreadable_resume_file_is_set_aside(tmp_path, capsys):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    _, result = run(tmp_path, cfg=replace(TRAIN, epochs=1))
+    assert result.resumed_from is None and len(result.history) == 1
+    assert f"{tmp_path / 'last.pt'}: unreadable" in capsys.readouterr().out
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     for config in (CONFIG, replace(CONFIG, kind="transformer", ff_dim=40), replace(CONFIG, attention="multihead", output="full", tie_weights=True)):
         torch.manual_seed(0)

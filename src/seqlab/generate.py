@@ -108,13 +108,14 @@ def generate(loaded: Loaded, prompt: str, max_tokens: int = 60, temperature: flo
     banned = torch.tensor([vocab.index[UNK], vocab.index[BOS]])
     ids = encode_prompt(loaded, prompt)
     result = Generation([vocab.tokens[i] for i in ids[1:]], len(ids) - 1, 0.0, 0.0)
-    attended = 0  # absolute position of the first key of the cache
 
     started = time.perf_counter()
     inputs = torch.tensor([ids], device=device)
     features, state, weights = model(inputs, model.init_state(1, device), need_weights)
-    if weights is not None:
-        result.attention += [(0, w) for w in weights[0].float().cpu().numpy()]
+    if weights is not None:  # row t may attend to positions t - memory .. t
+        for t, row in enumerate(weights[0].float().cpu().numpy()):
+            first = max(0, t - model.config.memory)
+            result.attention.append((first, row[first : t + 1]))
     position = len(ids) - 1  # absolute position of the last input
     result.prompt_seconds = time.perf_counter() - started
 
@@ -174,13 +175,16 @@ def plot_attention(generation: Generation, path: str | Path, last: int = 80) -> 
     predicted += ["…"] * (len(rows) - len(predicted))
     size = max(6.0, 0.16 * max(len(rows), cols))
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", interpolation="nearest")
+    # the scale stops at the 99th percentile: a few near-1 weights (the first tokens have little to
+    # attend to) would otherwise flatten everything else to one colour
+    top = float(np.nanpercentile(grid, 99))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", interpolation="nearest", vmin=0, vmax=top)
     ax.set_xticks(range(cols), inputs[first_col : first_col + cols], rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), [f"→ {t}" for t in predicted], fontsize=7)
     ax.set_xlabel("attended position (input token)")
     ax.set_ylabel("predicted position (token predicted)")
     ax.set_title("Attention weights while generating (blank: outside the attention span)")
-    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.colorbar(image, ax=ax, fraction=0.03, extend="max", label="attention weight")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

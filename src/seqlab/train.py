@@ -49,6 +49,11 @@ class TrainConfig:
     eval_batch_size: int = 16
     checkpoint_every: int = 200  # steps between resume checkpoints
 
+    @property
+    def eval_window(self) -> int:
+        """Tokens per scoring call; any value gives the same scores, since state carries across."""
+        return max(self.bptt, 64)
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -95,9 +100,9 @@ class Result:
         return math.exp(self.best_valid_loss)
 
 
-def valid_loss(model: nn.Module, valid_ids: np.ndarray, scored: np.ndarray, cfg: TrainConfig, device) -> float:
+def valid_loss(model: nn.Module, valid_ids: np.ndarray, scored: np.ndarray, cfg: TrainConfig) -> float:
     """Mean negative log-likelihood over the scored positions: the evaluation's cross-entropy."""
-    log_probs = stream_log_probs(model, valid_ids, cfg.eval_batch_size, max(cfg.bptt, 64), cfg.amp and device.type == "cuda")
+    log_probs = stream_log_probs(model, valid_ids, cfg.eval_batch_size, cfg.eval_window, cfg.amp)
     return float(-log_probs[scored].mean())
 
 
@@ -133,7 +138,11 @@ def train(
     resumed_from, stopped_early, running = None, False, (0, 0.0, 0)  # tokens, loss sum, loss count this epoch
     best_path, resume_path = Path(workdir) / "best.pt", Path(workdir) / "last.pt"
     if resume_path.exists():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
+        try:
+            saved = torch.load(resume_path, map_location=device, weights_only=True)
+        except Exception as err:  # a resume file from another version, or damaged: not worth stopping for
+            print(f"{resume_path}: unreadable ({type(err).__name__}); starting afresh")
+            saved = {}
         if saved.get("fingerprint") == run_fingerprint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -194,7 +203,7 @@ def train(
                 save_resume()
         bar.close()
         seconds = time.perf_counter() - started
-        loss_now = valid_loss(model, valid_ids, valid_scored, cfg, device)
+        loss_now = valid_loss(model, valid_ids, valid_scored, cfg)
         speed = (tokens - resumed_tokens) / seconds if seconds else 0.0
         record = Epoch(epoch + 1, loss_sum / max(loss_count, 1), loss_now, math.exp(loss_now),
                        optimizer.param_groups[0]["lr"], speed, seconds)
@@ -224,6 +233,7 @@ def plot_learning_curve(history: list[Epoch], path: str | Path, title: str) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     epochs = [e.epoch for e in history]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -234,10 +244,16 @@ def plot_learning_curve(history: list[Epoch], path: str | Path, title: str) -> N
     ax.set_xticks(epochs)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
-    right = ax.twinx()
+    best = min(history, key=lambda e: e.valid_loss)
+    ax.annotate(f"best: valid ppl {best.valid_ppl:.1f}", (best.epoch, best.valid_loss), textcoords="offset points",
+                xytext=(0, 12), ha="center", fontsize=9)
+    right = ax.twinx()  # the same scale read as perplexity: ppl = exp(nats)
     low, high = ax.get_ylim()
     right.set_ylim(math.exp(low), math.exp(high))
     right.set_yscale("log")
+    right.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)))
+    right.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    right.yaxis.set_minor_formatter(NullFormatter())
     right.set_ylabel("perplexity")
     ax.set_title(f"{title}: learning curve")
     fig.tight_layout()

@@ -16,7 +16,8 @@ from seqlab.models.transformer import TransformerLM
 
 KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
 
-__all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "count_parameters", "matched_ff_dim"]
+__all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "config_from_params",
+           "count_parameters", "matched_ff_dim"]
 
 
 def build(config: ModelConfig) -> nn.Module:
@@ -34,3 +35,18 @@ def matched_ff_dim(config: ModelConfig) -> int:
     small, large = (count_parameters(TransformerLM(replace(config, kind="transformer", ff_dim=w))) for w in (1, 2))
     per_unit = large - small
     return max(1, round(1 + (target - small) / per_unit))
+
+
+def config_from_params(spec: dict, vocab_size: int) -> ModelConfig:
+    """The architecture from params.yaml's ``model`` section and the vocabulary size; a transformer
+    with ``ff_dim: null`` gets the feed-forward width that matches the LSTM-attention's size."""
+    from seqlab.errors import SeqLabError
+
+    spec = dict(spec)
+    if spec["output"] == "adaptive" and spec["cutoffs"][-1] >= vocab_size:
+        raise SeqLabError(f"params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size {vocab_size} (got {spec['cutoffs']})")
+    ff_dim = spec.pop("ff_dim")
+    config = ModelConfig(vocab_size=vocab_size, **{**spec, "cutoffs": tuple(spec["cutoffs"])})
+    if config.kind == "transformer":
+        config = replace(config, ff_dim=ff_dim or matched_ff_dim(config))
+    return config

@@ -1,0 +1,183 @@
+"""Neural LM speed, memory and quality on the pipeline's data (run `dvc repro` first).
+
+    python bench/lstm_bench.py speed                 training tokens/s per attention score and output layer, peak memory
+    python bench/lstm_bench.py generate              generation tokens/s at prompt 10 and 500 (models/neural/model.pt)
+    python bench/lstm_bench.py quality [--profile default|long] [--variant dot|none|transformer] [-S key=value ...]
+                                                     train one model like the train stage and print its perplexities
+                                                     beside modified Kneser-Ney order 5 on the same test tokens
+
+The default profile is params.yaml's model and train sections; ``long`` is a wider model trained
+longer (CPU, under an hour on 2 cores). ``-S section.key=value`` overrides any key, as
+``dvc exp run -S`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = {"model.embed_dim": 400, "model.hidden_dim": 512, "model.dropout_embed": 0.15, "model.dropout_rnn": 0.3,
+        "model.dropout_out": 0.3, "model.memory": 100, "model.cutoffs": [2000, 6000], "train.epochs": 12, "train.bptt": 70}
+VARIANTS = {"dot": {}, "none": {"model.attention": "none"}, "transformer": {"model.kind": "transformer"}}
+
+
+def settings(overrides: dict):
+    """(ModelConfig, TrainConfig, vocab, splits) from params.yaml with dotted overrides."""
+    from seqlab.config import Params
+    from seqlab.evaluate import load_eval_set
+    from seqlab.models import config_from_params
+    from seqlab.train import TrainConfig
+    from seqlab.vocab import load_vocab
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
+    params = Params.model_validate(raw)
+    vocab = load_vocab(ROOT / "data" / "vocab")
+    config = config_from_params(params.model.model_dump(), len(vocab))
+    splits = {s: load_eval_set(ROOT / "data" / "tokens", s, vocab) for s in ("train", "valid", "test")}
+    return config, TrainConfig(**params.train.model_dump()), vocab, splits
+
+
+def _speed_one(overrides: dict, queue) -> None:
+    from seqlab.models import build, count_parameters
+
+    torch.manual_seed(0)
+    config, cfg, _, splits = settings(overrides)
+    model = build(config)
+    optimizer = torch.optim.Adam(model.parameters(), cfg.lr)
+    B, T = cfg.batch_size, cfg.bptt
+    ids = torch.from_numpy(splits["train"].segments.ids[: B * T * 30 + 1].copy())
+    x, y = ids[:-1].view(B, -1), ids[1:].view(B, -1)
+    state, tokens, started = model.init_state(B), 0, 0.0
+    for step in range(25):
+        if step == 5:  # warm-up steps are not timed
+            tokens, started = 0, time.perf_counter()
+        features, state, _ = model(x[:, step * T : (step + 1) * T], {k: v.detach() for k, v in state.items()})
+        loss = -model.output.target_log_probs(features, y[:, step * T : (step + 1) * T]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        optimizer.step()
+        tokens += B * T
+    seconds = time.perf_counter() - started
+    queue.put((count_parameters(model), tokens / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def speed() -> None:
+    cases = [
+        ("dot, adaptive (default)", {}),
+        ("none, adaptive", {"model.attention": "none"}),
+        ("dot, full softmax", {"model.output": "full"}),
+        ("none, full softmax", {"model.attention": "none", "model.output": "full"}),
+        ("general, adaptive", {"model.attention": "general"}),
+        ("additive, adaptive", {"model.attention": "additive"}),
+        ("multihead, adaptive", {"model.attention": "multihead"}),
+        ("transformer, adaptive (matched)", {"model.kind": "transformer"}),
+    ]
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch x bptt from params.yaml")
+    print(f"{'model':34} {'parameters':>11} {'train tokens/s':>15} {'peak RSS MB':>12}")
+    for name, overrides in cases:
+        queue = context.Queue()
+        process = context.Process(target=_speed_one, args=(overrides, queue))
+        process.start()
+        results[name] = queue.get()
+        process.join()
+        parameters, rate, peak = results[name]
+        print(f"{name:34} {parameters:>11,} {rate:>15,.0f} {peak:>12,.0f}", flush=True)
+    rate = {name: r[1] for name, r in results.items()}
+    print(f"attention / no attention (adaptive): {rate['dot, adaptive (default)'] / rate['none, adaptive']:.2f}x")
+    print(f"default profile / full softmax (same model): {rate['dot, adaptive (default)'] / rate['dot, full softmax']:.2f}x")
+
+
+def generation(checkpoint: str, tokens: int) -> None:
+    from seqlab.generate import load, generate
+
+    loaded = load(str(ROOT / checkpoint), ROOT / "data" / "vocab", ROOT / "data" / "tokens" / "tokenizer.json")
+    text = " ".join(" ".join(line) for line in _read(ROOT / "data" / "tokens" / "test.txt"))
+    for length in (10, 500):
+        prompt = " ".join(text.split()[:length])
+        best = None
+        for seed in range(3):
+            result = generate(loaded, prompt, tokens, temperature=0.8, top_k=40, seed=seed)
+            best = result if best is None or result.tokens_per_s > best.tokens_per_s else best
+        print(f"prompt {best.prompt_length:4d} tokens: read in {best.prompt_seconds * 1000:7.1f} ms; "
+              f"{tokens} tokens generated at {best.tokens_per_s:6.0f} tokens/s (best of 3)")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+
+
+def _read(path: Path) -> list[list[str]]:
+    from seqlab.tokenize import read_stream
+
+    return read_stream(path)
+
+
+def quality(profile: str, variant: str, extra: dict) -> None:
+    from seqlab.evaluate import score
+    from seqlab.models import build, count_parameters
+    from seqlab.models.checkpoint import load_checkpoint
+    from seqlab.models.scoring import NeuralLM
+    from seqlab.train import fingerprint, train
+
+    overrides = {**(LONG if profile == "long" else {}), **VARIANTS[variant], **extra}
+    config, cfg, vocab, splits = settings(overrides)
+    torch.manual_seed(cfg.seed)
+    model = build(config)
+    print(f"{profile} profile, {variant}: {count_parameters(model):,} parameters; overrides {overrides}", flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        result = train(model, cfg, splits["train"].segments.ids, splits["valid"].segments.ids, splits["valid"].scored, work,
+                       vocab.sha256, fingerprint(config.as_dict(), str(cfg)))
+        minutes = (time.perf_counter() - started) / 60
+        best = load_checkpoint(Path(work) / "best.pt", vocab.sha256)
+    scorer = NeuralLM(best, cfg.eval_batch_size, cfg.eval_window)
+    scores = {s: score(scorer, splits[s]) for s in ("valid", "test")}
+    mkn = json.loads((ROOT / "models" / "ngram" / "mkn-5" / "scores.json").read_text())
+    assert mkn["test"]["fingerprint"] == scores["test"].fingerprint, "not the same test tokens as the n-gram models"
+    below = 1 - scores["test"].ppl / mkn["test"]["ppl"]
+    print(f"trained {minutes:.1f} min, {len(result.history)} epochs (best {result.best_epoch}), "
+          f"{sum(e.tokens_per_s for e in result.history) / len(result.history):,.0f} tokens/s on average")
+    print(f"{'model':28} {'valid ppl':>10} {'test ppl':>10}")
+    print(f"{'ngram-mkn-5':28} {mkn['valid']['ppl']:>10.2f} {mkn['test']['ppl']:>10.2f}")
+    print(f"{profile + ' ' + variant:28} {scores['valid'].ppl:>10.2f} {scores['test'].ppl:>10.2f}   ({below:.1%} below mkn-5 on test, "
+          f"{scores['test'].tokens} test tokens)")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("speed")
+    gen = sub.add_parser("generate")
+    gen.add_argument("--model", default="models/neural/model.pt")
+    gen.add_argument("--tokens", type=int, default=200)
+    q = sub.add_parser("quality")
+    q.add_argument("--profile", choices=["default", "long"], default="default")
+    q.add_argument("--variant", choices=list(VARIANTS), default="dot")
+    q.add_argument("-S", dest="sets", action="append", default=[], metavar="section.key=value")
+    args = parser.parse_args()
+    if not (ROOT / "data" / "vocab" / "vocab.tsv").exists():
+        sys.exit("error: data/vocab not found; run `dvc repro` first")
+    if args.what == "speed":
+        speed()
+    elif args.what == "generate":
+        generation(args.model, args.tokens)
+    else:
+        quality(args.profile, args.variant, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)})
+
+
+if __name__ == "__main__":
+    main()
