@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = {"model.embed_dim": 400, "model.hidden_dim": 512, "model.dropout_embed": 0.15, "model.dropout_rnn": 0.3,
-        "model.dropout_out": 0.3, "model.memory": 100, "model.cutoffs": [2000, 6000], "train.epochs": 12, "train.bptt": 70}
+        "model.dropout_out": 0.3, "model.memory": 100, "model.cutoffs": [2000, 6000], "train.epochs": 10, "train.bptt": 70}
 VARIANTS = {"dot": {}, "none": {"model.attention": "none"}, "transformer": {"model.kind": "transformer"}}
 
 
