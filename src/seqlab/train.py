@@ -243,10 +243,10 @@ def plot_learning_curve(history: list[Epoch], path: str | Path, title: str) -> N
     ax.set_ylabel("cross-entropy (nats per token)")
     ax.set_xticks(epochs)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right")
     best = min(history, key=lambda e: e.valid_loss)
-    ax.annotate(f"best: valid ppl {best.valid_ppl:.1f}", (best.epoch, best.valid_loss), textcoords="offset points",
-                xytext=(0, 12), ha="center", fontsize=9)
+    ax.plot([best.epoch], [best.valid_loss], marker="*", markersize=14, color="C1", linestyle="none",
+            label=f"best: epoch {best.epoch}, valid ppl {best.valid_ppl:.1f}")
+    ax.legend(loc="upper right")
     right = ax.twinx()  # the same scale read as perplexity: ppl = exp(nats)
     low, high = ax.get_ylim()
     right.set_ylim(math.exp(low), math.exp(high))
