@@ -104,10 +104,11 @@ def speed() -> None:
 
 
 def generation(checkpoint: str, tokens: int) -> None:
-    from seqlab.generate import load, generate
+    from seqlab.generate import generate, load
+    from seqlab.tokenize import read_stream
 
     loaded = load(str(ROOT / checkpoint), ROOT / "data" / "vocab", ROOT / "data" / "tokens" / "tokenizer.json")
-    text = " ".join(" ".join(line) for line in _read(ROOT / "data" / "tokens" / "test.txt"))
+    text = " ".join(" ".join(line) for line in read_stream(ROOT / "data" / "tokens" / "test.txt"))
     for length in (10, 500):
         prompt = " ".join(text.split()[:length])
         best = None
@@ -117,12 +118,6 @@ def generation(checkpoint: str, tokens: int) -> None:
         print(f"prompt {best.prompt_length:4d} tokens: read in {best.prompt_seconds * 1000:7.1f} ms; "
               f"{tokens} tokens generated at {best.tokens_per_s:6.0f} tokens/s (best of 3)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
-
-
-def _read(path: Path) -> list[list[str]]:
-    from seqlab.tokenize import read_stream
-
-    return read_stream(path)
 
 
 def quality(profile: str, variant: str, extra: dict) -> None:

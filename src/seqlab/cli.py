@@ -61,7 +61,8 @@ def _generate(args: argparse.Namespace) -> None:
     if args.max_tokens < 1:
         raise SeqLabError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
     loaded = load(args.model, args.vocab, args.tokenizer)
-    if args.visualize and getattr(loaded.model.config, "attention", None) == "none" and loaded.model.config.kind != "transformer":
+    config = loaded.model.config
+    if args.visualize and config.kind == "lstm_attention" and config.attention == "none":  # fail before generating
         raise SeqLabError(f"{args.model}: this model has no attention to draw (model.attention: none)")
     result = generate(loaded, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed, need_weights=bool(args.visualize))
     print(detokenize(loaded, result.tokens))
