@@ -1,4 +1,5 @@
-"""train: the neural LM of params.yaml (model, train) -> models/neural/ (model.pt, scores.json), metrics/train.json,
+"""train: the neural LM of params.yaml (model, train), with the tune stage's best configuration put in
+(models/tune/best_config.json) -> models/neural/ (model.pt, scores.json), metrics/train.json,
 metrics/train_history.csv, plots/learning_curve.png.
 
 An interrupted run (Ctrl-C, kill -9) resumes from checkpoints/train/ on the next `dvc repro`.
@@ -20,15 +21,17 @@ from seqlab.models import build, config_from_params, count_parameters
 from seqlab.models.checkpoint import load_checkpoint
 from seqlab.models.scoring import NeuralLM, NextToken
 from seqlab.train import TrainConfig, fingerprint, plot_learning_curve, train
+from seqlab.tune import tuned
 from seqlab.vocab import load_vocab
 
 TOKENS, VOCAB, OUT, WORK = "data/tokens", "data/vocab", "models/neural", "checkpoints/train"
+BEST_CONFIG = "models/tune/best_config.json"
 METRICS, HISTORY, CURVE = "metrics/train.json", "metrics/train_history.csv", "plots/learning_curve.png"
 
 
 @exit_on_error
 def main() -> None:
-    params = stage.params()
+    params, changes = tuned(stage.params(), BEST_CONFIG)
     vocab = load_vocab(VOCAB)
     config = config_from_params(params.model.model_dump(), len(vocab))
     cfg = TrainConfig(**params.train.model_dump())
@@ -39,7 +42,10 @@ def main() -> None:
         model = build(config)
         parameters = count_parameters(model)
         run.log_params({"parameters": parameters, "resolved_ff_dim": config.ff_dim})
-        print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens")
+        if changes:
+            run.set_tag("seqlab.tuned", ", ".join(f"{k}={v}" for k, v in changes.items()))
+        print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens"
+              + (f"; tuned: {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else ""))
         log_epoch = lambda e: run.log_metrics(  # noqa: E731
             {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "epoch_valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
         started = time.perf_counter()
@@ -54,7 +60,7 @@ def main() -> None:
             shutil.copyfile(f"{WORK}/best.pt", tmp / "model.pt")
             write_json(tmp / "scores.json", {
                 "model": name, "family": "neural", "estimator": config.kind, "order": None,
-                "config": config.as_dict(), "parameters": parameters, "best_epoch": result.best_epoch,
+                "config": config.as_dict(), "train": params.train.model_dump(), "tuned": changes, "parameters": parameters, "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history), "stopped_early": result.stopped_early, "vocab_sha256": vocab.sha256,
                 **{split: s.as_dict() for split, s in scores.items()}})
         with atomic_path(HISTORY) as tmp:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def make_project(root: Path, **changes) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    for name in ("pipelines", "src"):
+    for name in ("pipelines", "src", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     corpus = root / "data" / "corpus"
     corpus.mkdir(parents=True)
@@ -35,6 +35,8 @@ def make_project(root: Path, **changes) -> Path:
     params["ngram"].update(orders=[1, 3])
     params["model"].update(embed_dim=16, hidden_dim=16, layers=1, memory=4, cutoffs=[5, 10])
     params["train"].update(batch_size=2, bptt=8, epochs=2, eval_batch_size=2, checkpoint_every=3)
+    params["tune"].update(epochs=2, num_samples=2, reduction_factor=2, train_tokens=None,
+                          optimization_config={"lr": {"min": 1.0e-3, "max": 1.0e-2}, "hidden_dim": {"values": [8, 16]}})
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         params[section][key] = value
@@ -93,11 +95,12 @@ def test_repro_writes_every_stage_output(project):
 def test_one_parent_run_with_a_child_per_stage(project):
     frame = runs(project)
     parents = frame[frame["tags.mlflow.parentRunId"].isna()]
-    children = frame[frame["tags.mlflow.parentRunId"].notna()]
+    children = frame[frame["tags.mlflow.parentRunId"] == parents.iloc[0]["run_id"]]
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
-    assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
     grid = [f"ngram {e}-{o}" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn") for o in (1, 3)]
-    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "train lstm-dot", "evaluate"]
+    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "tune", "train lstm-dot", "evaluate"]
+    trials = frame[frame["tags.mlflow.parentRunId"] == children.set_index("tags.mlflow.runName").loc["tune", "run_id"]]
+    assert len(trials) == 2 and len(frame) == 1 + len(children) + len(trials)  # the trials are the search's children
     assert set(children["status"]) == {"FINISHED"}
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert set(frame["tags.mlflow.source.git.commit"]) == {commit}
@@ -178,6 +181,35 @@ def test_train_stage_outputs_metrics_and_learning_curve(project):
     assert not (project / "checkpoints" / "train").exists()  # resume state is removed once training is done
     shown = dvc(project, "metrics", "show", "--json").stdout
     assert '"metrics/train.json"' in shown
+
+
+def test_tune_stage_searches_and_train_retrains_the_best_config(project):
+    best = json.loads((project / "models" / "tune" / "best_config.json").read_text())
+    trials = pd.read_csv(project / "metrics" / "tune_trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) <= {"completed", "stopped by ASHA"}
+    assert best["trial"] == trials.iloc[0]["trial"] and best["valid_ppl"] == pytest.approx(trials["valid_ppl"].min(), rel=1e-5)
+    assert set(best["overrides"]) == {"train.lr", "model.hidden_dim"} and best["name"] == "LSTMModelWithAttention"
+    metrics = json.loads((project / "metrics" / "tune.json").read_text())
+    assert metrics["trials"] == 2 and metrics["full_trial_epochs"] == 4 and metrics["trial_epochs"] == trials["epochs"].sum()
+    assert metrics["best.hidden_dim"] == best["overrides"]["model.hidden_dim"]
+    assert (project / "plots" / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    scores = json.loads((project / "models" / "neural" / "scores.json").read_text())
+    assert scores["tuned"] == best["overrides"] and scores["config"]["hidden_dim"] == best["overrides"]["model.hidden_dim"]
+    assert scores["train"]["lr"] == best["overrides"]["train.lr"] and scores["train"]["epochs"] == 2  # params' full budget
+    frame = runs(project)
+    search = frame.set_index("tags.mlflow.runName").loc["tune"]
+    children = frame[frame["tags.mlflow.parentRunId"] == search["run_id"]]
+    assert set(children["tags.seqlab.run_kind"]) == {"trial"} and set(children["run_id"]) == set(trials["mlflow_run_id"])
+    assert search["metrics.trials"] == 2 and frame.set_index("tags.mlflow.runName").loc["train lstm-dot", "tags.seqlab.tuned"]
+
+
+def test_an_empty_space_skips_the_search_and_trains_params_as_written(tmp_path):
+    root = make_project(tmp_path, tune__optimization_config={}, validate__max_oov_rate=0.5)
+    result = dvc(root, "repro", "train")
+    assert "tune: optimization_config is empty; train uses params.yaml as is" in result.stdout
+    assert json.loads((root / "models" / "tune" / "best_config.json").read_text())["overrides"] == {}
+    scores = json.loads((root / "models" / "neural" / "scores.json").read_text())
+    assert scores["tuned"] == {} and scores["config"]["hidden_dim"] == 16
 
 
 def test_training_run_logs_epochs_and_registers_a_model(project):
@@ -305,6 +337,8 @@ def test_bad_corpus(tmp_path, setup, expected):
         ({"tokenize__kind": "sentencepiece"}, "error: params.yaml: tokenize.kind: Input should be 'word', 'char' or 'bpe'"),
         ({"vocab__min_frq": 2}, "error: params.yaml: vocab.min_frq: unknown key"),
         ({"vocab__min_freq": "2"}, "error: params.yaml: vocab.min_freq: Input should be a valid integer (got '2')"),
+        ({"tune__optimization_config": {"lr": {"min": 0.01, "max": 0.001}}},
+         "error: params.yaml: tune.optimization_config: lr: min 0.01 is above its max 0.001"),
     ],
 )
 def test_bad_params(tmp_path, change, expected):

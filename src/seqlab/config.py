@@ -169,6 +169,43 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(ge=1)  # steps between resume checkpoints
 
 
+class TuneParams(_Section):
+    """The search of the tune stage; ``name``, ``epochs`` and ``optimization_config`` keep the shape
+    of a search-space JSON file (``space_file``), which replaces them when set."""
+
+    name: str = Field(min_length=1)
+    epochs: int = Field(ge=1)  # ASHA's max_t: the most epochs a trial runs
+    optimization_config: dict[str, dict]  # key -> {min, max[, log]} or {values: [...]}
+    space_file: str | None = Field(min_length=1)
+    num_samples: int = Field(ge=1)  # trials
+    search: Literal["random", "optuna"]  # random sampling or Optuna's TPE
+    grace_period: int = Field(ge=1)  # ASHA: epochs before a trial can be stopped ...
+    reduction_factor: float = Field(gt=1)  # ... and the share kept at each rung is 1/this
+    train_tokens: int | None = Field(ge=100)  # trials train on the first this-many train tokens; null for all
+    cpus_per_trial: float = Field(gt=0)
+    gpus_per_trial: float = Field(ge=0)  # fractions share a GPU
+    gpu_fallback: bool  # no GPU in the cluster: run trials on CPUs instead of failing
+    max_concurrent: int | None = Field(ge=1)  # null: as many as the resources allow
+    max_failures: int = Field(ge=0)  # retries of a crashed trial, from its last checkpoint
+    address: str | None = Field(min_length=1)  # an existing Ray cluster; null: RAY_ADDRESS, else a local one
+    storage: str | None = Field(min_length=1)  # trial checkpoints: a shared path or URI on a multi-node cluster
+    seed: int
+
+    @field_validator("optimization_config")
+    @classmethod
+    def _space(cls, space: dict[str, dict]) -> dict[str, dict]:
+        from seqlab.tune import parse_space
+
+        parse_space(space)
+        return space
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuneParams":
+        if self.grace_period > self.epochs:
+            raise ValueError(f"grace_period {self.grace_period} exceeds epochs {self.epochs}")
+        return self
+
+
 class TrackingParams(_Section):
     experiment: str = Field(min_length=1)
 
@@ -181,6 +218,7 @@ class Params(_Section):
     ngram: NgramParams
     model: ModelParams
     train: TrainParams
+    tune: TuneParams
     tracking: TrackingParams
 
 

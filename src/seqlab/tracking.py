@@ -80,6 +80,11 @@ class StageRun:
     def __init__(self, mlflow, run_id: str, root: Path):
         self._mlflow, self.run_id, self._root = mlflow, run_id, root
 
+    def nested(self) -> tuple:
+        """(client, experiment id, this run's id): what runs logged as this run's children need."""
+        client = self._mlflow.MlflowClient()
+        return client, client.get_run(self.run_id).info.experiment_id, self.run_id
+
     def set_tag(self, key: str, value: str) -> None:
         self._mlflow.set_tag(key, value)
 

@@ -215,12 +215,12 @@ def train(
         else:
             bad_epochs += 1
             stopped_early = bad_epochs >= cfg.patience
-        on_epoch(record)
         if progress:
             print(f"epoch {record.epoch}: train loss {record.train_loss:.4f}, valid ppl {record.valid_ppl:.2f}, "
                   f"{record.tokens_per_s:,.0f} tokens/s, lr {record.lr:.3g}" + ("; stopping early" if stopped_early else ""))
         epoch, step, state, running = epoch + 1, 0, None, (0, 0.0, 0)
         save_resume()
+        on_epoch(record)  # after the save: a caller may checkpoint workdir/last.pt here
     if best == math.inf:
         raise SeqLabError("training ran no epoch: nothing to save (train.epochs must be at least 1)")
     best_epoch = min(history, key=lambda e: e.valid_loss).epoch

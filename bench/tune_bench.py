@@ -1,0 +1,77 @@
+"""Search benchmark on the pipeline's data (run `dvc repro` first): the share of trial-epochs ASHA ran
+against running every trial to its end, wall time, tokens/s per trial and the best perplexity.
+
+    python bench/tune_bench.py                      # the default search of params.yaml (CPU profile)
+    python bench/tune_bench.py -S tune.space_file=configs/tune_gpu.json -S tune.epochs=... -S tune.train_tokens=null
+    python bench/tune_bench.py --no-asha            # the same trials, each run to its end (ASHA's grace period = epochs)
+
+``-S section.key=value`` overrides any key, as ``dvc exp run -S`` would. Trials are logged to a
+throw-away MLflow store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-S", dest="sets", action="append", default=[], metavar="section.key=value")
+    parser.add_argument("--no-asha", action="store_true", help="run every trial to its end")
+    args = parser.parse_args()
+    if not (ROOT / "data" / "vocab" / "vocab.tsv").exists():
+        sys.exit("error: data/vocab not found; run `dvc repro` first")
+
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    from seqlab.config import Params
+    from seqlab.evaluate import load_eval_set
+    from seqlab.tune import load_space, run_search
+    from seqlab.vocab import load_vocab
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in (s.split("=", 1) for s in args.sets):
+        section, key = dotted.split(".")
+        raw[section][key] = yaml.safe_load(value)
+    params = Params.model_validate(raw)
+    space = load_space(params.tune)
+    tune = params.tune.model_copy(update={"grace_period": space.epochs}) if args.no_asha else params.tune
+    vocab = load_vocab(ROOT / "data" / "vocab")
+    train_set, valid = (load_eval_set(ROOT / "data" / "tokens", split, vocab) for split in ("train", "valid"))
+    train_ids = train_set.segments.ids[: tune.train_tokens] if tune.train_tokens else train_set.segments.ids
+    data = {"train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
+            "vocab_size": len(vocab), "vocab_sha256": vocab.sha256}
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        client = MlflowClient()
+        experiment = client.create_experiment("bench", artifact_location=Path(tmp, "artifacts").as_uri())
+        parent = client.create_run(experiment, run_name="search").info.run_id
+        result = run_search(space, tune, params.model.model_dump(), params.train.model_dump(), data,
+                            (client, experiment, parent), Path(tmp) / "storage")
+    table = result.trials
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    print()
+    print(f"search {space.name}: {len(table)} trials of up to {space.epochs} epochs on {len(train_ids):,} train tokens, "
+          f"{tune.search} search, {'no ASHA' if args.no_asha else f'ASHA grace {tune.grace_period}, reduction {tune.reduction_factor:g}'}")
+    print(f"resources per trial: {result.resources['cpu']:g} CPU, {result.resources['gpu']:g} GPU ({device}); {result.cluster}")
+    print(f"trial-epochs run: {result.trial_epochs} of {result.full_epochs} ({result.trial_epochs / result.full_epochs:.1%})")
+    print(f"wall time: {result.seconds / 60:.1f} min")
+    speeds = table["tokens_per_s"].dropna()
+    print(f"tokens/s per trial: median {speeds.median():,.0f}, min {speeds.min():,.0f}, max {speeds.max():,.0f}")
+    print(f"best: trial {result.best['trial']}, valid ppl {result.best['valid_ppl']:.2f} at epoch {result.best['epoch']}, "
+          f"{result.best['config']}")
+    columns = ["trial", "status", "epochs", "valid_ppl", "tokens_per_s", *[d.key for d in space.dimensions]]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+    main()

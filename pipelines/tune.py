@@ -1,0 +1,73 @@
+"""tune: search the neural LM's hyperparameters (params.yaml ``tune``) -> models/tune/best_config.json,
+metrics/tune.json, metrics/tune_trials.csv, plots/tune.png. The train stage retrains on the best config.
+
+Ray runs the trials on a local instance, or on the cluster at ``tune.address`` / ``RAY_ADDRESS``.
+"""
+
+import shutil
+
+import pandas as pd
+
+from seqlab import stage
+from seqlab.errors import exit_on_error
+from seqlab.evaluate import load_eval_set
+from seqlab.io import atomic_path, dvc_md5, write_json
+from seqlab.tracking import project_root
+from seqlab.tune import load_space, overrides, plot_search, run_search
+from seqlab.vocab import load_vocab
+
+TOKENS, VOCAB, BEST = "data/tokens", "data/vocab", "models/tune/best_config.json"
+METRICS, TRIALS, PLOT = "metrics/tune.json", "metrics/tune_trials.csv", "plots/tune.png"
+
+
+@exit_on_error
+def main() -> None:
+    params = stage.params()
+    tune = params.tune
+    space = load_space(tune, stage.PARAMS_FILE)
+    model, train = params.model.model_dump(), params.train.model_dump()
+    vocab = load_vocab(VOCAB)
+    with stage.tracked("tune", params, "tune") as run:
+        if not space.dimensions:
+            print("tune: optimization_config is empty; train uses params.yaml as is")
+            table = pd.DataFrame(columns=["trial", "status", "epochs", "valid_ppl"])
+            best, summary = {"trial": None, "config": {}}, {"trials": 0}
+        else:
+            train_set, valid = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid"))
+            train_ids = train_set.segments.ids[: tune.train_tokens] if tune.train_tokens else train_set.segments.ids
+            data = {"train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
+                    "vocab_size": len(vocab), "vocab_sha256": vocab.sha256}
+            storage = tune.storage or (project_root() / "checkpoints" / "tune")
+            if tune.storage is None:
+                shutil.rmtree(storage, ignore_errors=True)  # trial checkpoints of an earlier search
+            print(f"tune: {tune.num_samples} trials of up to {space.epochs} epochs on {len(train_ids):,} train tokens, "
+                  f"{tune.search} search, ASHA (grace {tune.grace_period}, reduction {tune.reduction_factor:g})")
+            result = run_search(space, tune, model, train, data, run.nested(), storage)
+            table, best = result.trials, result.best
+            summary = {"trials": len(table), "trial_epochs": result.trial_epochs, "full_trial_epochs": result.full_epochs,
+                       "asha_fraction": result.trial_epochs / result.full_epochs, "search_minutes": result.seconds / 60,
+                       "cpus_per_trial": result.resources["cpu"], "gpus_per_trial": result.resources["gpu"],
+                       "best_trial": best["trial"], "best_epoch": best["epoch"], "best_valid_ppl": best["valid_ppl"]}
+            run.set_tag("seqlab.ray_cluster", result.cluster)
+            if tune.storage is None:
+                shutil.rmtree(storage, ignore_errors=True)
+        changes = overrides(best["config"], space.dimensions)
+        with atomic_path(TRIALS) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        plot_search(table, space, PLOT)
+        write_json(METRICS, {**summary, **{f"best.{key}": value for key, value in best["config"].items()}})
+        write_json(BEST, {  # last: the train stage's input appears only with everything else
+            "name": space.name, "space": space.source.split(":")[0], **best, "overrides": changes})
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        run.log_params({"space_name": space.name, "space_epochs": space.epochs})
+        for artifact in (BEST, TRIALS, PLOT):
+            run.log_artifact(artifact)
+        run.tag_data_hashes("deps", [TOKENS, VOCAB])
+        run.tag_data_hashes("outs", [BEST, METRICS, TRIALS, PLOT])
+    if changes:
+        print(f"tune: best trial {best['trial']} (valid ppl {best['valid_ppl']:.2f} at epoch {best['epoch']}); "
+              f"train will use {', '.join(f'{k}={v}' for k, v in changes.items())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The search: the space and its checks, and real Ray Tune runs (ASHA, a crashed trial retried, MLflow
+children, resources that cannot be had, an unreachable or an existing Ray cluster)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+from seqlab.config import load_params
+from seqlab.errors import SeqLabError
+from seqlab.tune import FAULT_ENV, check_space, load_space, overrides, parse_space, plot_search, run_search, tuned
+
+PARAMS = load_params(REPO / "params.yaml")
+MODEL = PARAMS.model.model_dump() | dict(embed_dim=16, hidden_dim=16, layers=1, memory=4, cutoffs=[5, 10])
+TRAIN = PARAMS.train.model_dump() | dict(batch_size=2, bptt=8, eval_batch_size=2)
+SPACE = {"lr": {"min": 1e-3, "max": 3e-2}, "hidden_dim": {"values": [8, 16]}}
+RAY = Path(sys.executable).parent / "ray"
+
+
+def settings(**changes):
+    return PARAMS.tune.model_copy(update={"epochs": 3, "num_samples": 6, "grace_period": 1, "reduction_factor": 2.0,
+                                          "optimization_config": SPACE, **changes})
+
+
+def write_params(tmp_path: Path, **tune) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tune"].update(tune)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def language(length: int, seed: int) -> np.ndarray:
+    """A small Markov language over 20 tokens that a model can learn something of."""
+    rng = np.random.default_rng(seed)
+    ids = [1]
+    for _ in range(length - 1):
+        ids.append((ids[-1] * 3 + 1) % 20 if rng.random() < 0.7 else int(rng.integers(0, 20)))
+    return np.array(ids, dtype=np.int32)
+
+
+def data() -> dict:
+    valid = language(300, 1)
+    return {"train_ids": language(3000, 0), "valid_ids": valid, "valid_scored": np.ones(len(valid), bool),
+            "vocab_size": 20, "vocab_sha256": "0" * 64}
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("search", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, run_name="tune")
+    return client, experiment, parent.info.run_id
+
+
+# --- the space ----------------------------------------------------------------------------------
+
+
+def test_the_seed_space_file_is_the_gpu_profile():
+    space = load_space(PARAMS.tune.model_copy(update={"space_file": str(REPO / "configs" / "tune_gpu.json")}))
+    assert (space.name, space.epochs) == ("LSTMModelWithAttention", 100)
+    dims = {d.key: d for d in space.dimensions}
+    assert dims["lr"].targets == ("train.lr",) and dims["lr"].log and (dims["lr"].low, dims["lr"].high) == (1e-3, 1e-2)
+    assert dims["num_layers"].targets == ("model.layers",) and not dims["num_layers"].log
+    assert dims["hidden_dim"].values == (512, 1024) and dims["embedding_dim"].targets == ("model.embed_dim",)
+    assert dims["batch_size"].targets == ("train.batch_size",)
+    integer = check_space(space, PARAMS.model.model_dump(), PARAMS.train.model_dump(), vocab_size=16790)
+    assert integer == {"lr": False, "num_layers": True, "hidden_dim": True, "embedding_dim": True, "batch_size": True}
+
+
+def test_any_model_or_train_key_can_be_searched():
+    dims = {d.key: d for d in parse_space({"dropout": {"min": 0.1, "max": 0.5}, "attention": {"values": ["dot", "general"]},
+                                            "bptt": {"values": [32, 64]}, "memory": {"min": 16, "max": 64, "log": True}})}
+    assert dims["dropout"].targets == ("model.dropout_embed", "model.dropout_rnn", "model.dropout_out")
+    assert dims["attention"].targets == ("model.attention",) and dims["bptt"].targets == ("train.bptt",)
+    assert dims["memory"].log and not dims["dropout"].log
+    config = {"dropout": 0.3, "bptt": 32}
+    assert overrides(config, list(dims.values())) == {
+        "model.dropout_embed": 0.3, "model.dropout_rnn": 0.3, "model.dropout_out": 0.3, "train.bptt": 32}
+
+
+@pytest.mark.parametrize("space, expected", [
+    ({"learning_rate": {"min": 1, "max": 2}}, "tune.optimization_config: learning_rate: unknown key; searchable keys: attention,"),
+    ({"lr": {"min": 1.0e-2, "max": 1.0e-3}}, "tune.optimization_config: lr: min 0.01 is above its max 0.001"),
+    ({"lr": {"min": 1.0e-3, "max": 1.0e-2, "step": 1}}, "tune.optimization_config: lr: unknown key 'step'"),
+    ({"hidden_dim": {"values": []}}, "tune.optimization_config: hidden_dim: values must be a non-empty list (got [])"),
+    ({"dropout": {"min": 0.0, "max": 0.5, "log": True}}, "tune.optimization_config: dropout: a log-uniform range needs min above 0"),
+    ({"lr": {"min": "1e-3", "max": 0.01}}, "tune.optimization_config: lr: min and max must be numbers"),
+    ({"epochs": {"values": [1, 2]}}, "tune.optimization_config: epochs: unknown key"),
+    ({"lr": 0.01}, "tune.optimization_config.lr: Input should be a valid dictionary (got 0.01)"),
+])
+def test_a_bad_space_in_params_is_one_line_naming_the_key(tmp_path, space, expected):
+    path = write_params(tmp_path, optimization_config=space)
+    with pytest.raises(SeqLabError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {expected}")
+
+
+def test_grace_period_beyond_the_epochs_is_refused(tmp_path):
+    with pytest.raises(SeqLabError, match=r"tune: grace_period 12 exceeds epochs 9"):
+        load_params(write_params(tmp_path, grace_period=12))
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"name": "x", "epochs": 3, "optimization_config": {}, "trials": 4}), "trials: unknown key"),
+    (json.dumps({"name": "x", "optimization_config": {}}), "missing key epochs"),
+    (json.dumps({"name": "x", "epochs": 0, "optimization_config": {}}), "epochs: expected a whole number of at least 1"),
+    (json.dumps({"name": "x", "epochs": 3, "optimization_config": {"lr": {"min": 0.1, "max": 0.01}}}),
+     "optimization_config: lr: min 0.1 is above its max 0.01"),
+])
+def test_a_bad_space_file_is_one_line_naming_the_file(tmp_path, content, expected):
+    path = tmp_path / "space.json"
+    path.write_text(content)
+    with pytest.raises(SeqLabError) as err:
+        load_space(PARAMS.tune.model_copy(update={"space_file": str(path)}))
+    assert str(err.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize("space, expected", [
+    ({"attention": {"values": ["dot", "cosine"]}}, "attention: 'cosine' is not a valid model.attention: Input should be"),
+    ({"num_layers": {"min": 1, "max": 2.5}}, "num_layers: model.layers is a whole number; min and max must be too"),
+    ({"dropout": {"min": 0.1, "max": 1.5}}, "dropout: 1.5 is not a valid model.dropout_embed: Input should be less than 1"),
+    ({"div_value": {"values": [0.5]}}, "div_value: 0.5 is not a valid model.div_value"),
+])
+def test_values_outside_what_params_allow_are_refused_before_ray_starts(space, expected):
+    spec = load_space(PARAMS.tune.model_copy(update={"optimization_config": space}))
+    with pytest.raises(SeqLabError) as err:
+        check_space(spec, MODEL, TRAIN, vocab_size=20)
+    assert str(err.value).startswith(f"params.yaml: tune.optimization_config.{expected}")
+
+
+def test_the_best_config_goes_into_params_for_training(tmp_path):
+    best = tmp_path / "best_config.json"
+    best.write_text(json.dumps({"overrides": {"train.lr": 0.004, "model.layers": 1, "model.hidden_dim": 512}}))
+    params, changes = tuned(PARAMS, best)
+    assert (params.train.lr, params.model.layers, params.model.hidden_dim) == (0.004, 1, 512)
+    assert params.train.epochs == PARAMS.train.epochs and changes["train.lr"] == 0.004
+    best.write_text(json.dumps({"overrides": {"model.hidden": 512}}))
+    with pytest.raises(SeqLabError, match=r"best_config.json: overrides.model.hidden: unknown key"):
+        tuned(PARAMS, best)
+    best.write_text(json.dumps({"overrides": {"model.layers": 0}}))
+    with pytest.raises(SeqLabError, match=r"best_config.json: overrides: layers: Input should be greater than or equal to 1"):
+        tuned(PARAMS, best)
+
+
+# --- Ray ----------------------------------------------------------------------------------------
+
+
+def test_search_with_asha_a_crashed_trial_and_a_child_run_per_trial(tmp_path, tracking, monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(FAULT_ENV, str(marker))
+    client, experiment, parent = tracking
+    result = run_search(load_space(settings()), settings(), MODEL, TRAIN, data(), tracking, tmp_path / "storage")
+    table = result.trials
+    assert marker.exists(), "the injected crash did not happen"
+    assert len(table) == 6 and set(table["status"]) <= {"completed", "stopped by ASHA"}
+    assert table["retries"].tolist().count(1) == 1 and table["retries"].sum() == 1  # one crash, retried, finished
+    assert (table["epochs"] >= 1).all() and result.trial_epochs == table["epochs"].sum() < result.full_epochs == 18
+    assert (table.loc[table.status == "completed", "epochs"] == 3).all() and "stopped by ASHA" in set(table["status"])
+    assert result.best["valid_loss"] == table["valid_loss"].min() and result.best["trial"] == table.iloc[0]["trial"]
+    assert set(result.best["config"]) == {"lr", "hidden_dim"} and result.best["config"]["hidden_dim"] in (8, 16)
+    assert result.resources == {"cpu": 1.0, "gpu": 0.0} and result.cluster == "a local Ray instance"
+
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 6 and {r.data.tags["seqlab.run_kind"] for r in children} == {"trial"}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    for run in children:
+        row = table.set_index("mlflow_run_id").loc[run.info.run_id]
+        history = client.get_metric_history(run.info.run_id, "epoch_valid_ppl")
+        assert sorted(m.step for m in history) == list(range(1, row["epochs"] + 1))  # once per epoch, also after the retry
+        assert run.data.metrics["valid_ppl"] == pytest.approx(row["valid_ppl"])
+        assert float(run.data.params["lr"]) == pytest.approx(row["lr"]) and int(run.data.params["hidden_dim"]) == row["hidden_dim"]
+    plot_search(table, load_space(settings()), tmp_path / "tune.png")
+    assert (tmp_path / "tune.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_gpu_that_is_not_there_fails_fast_unless_fallback_is_allowed(tmp_path, tracking):
+    started = time.perf_counter()
+    with pytest.raises(SeqLabError, match=r"^params.yaml: tune.gpus_per_trial: trials ask for 1 GPU, but the Ray cluster has none"):
+        run_search(load_space(settings()), settings(gpus_per_trial=1.0, gpu_fallback=False), MODEL, TRAIN, data(), tracking, tmp_path)
+    with pytest.raises(SeqLabError, match=r"^params.yaml: tune.cpus_per_trial: trials ask for 64 CPUs, but the Ray cluster has"):
+        run_search(load_space(settings()), settings(cpus_per_trial=64.0), MODEL, TRAIN, data(), tracking, tmp_path)
+    assert time.perf_counter() - started < 90
+    client, experiment, parent = tracking
+    assert not client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["params", "env"])
+def test_an_unreachable_cluster_is_an_error_within_seconds(tmp_path, tracking, monkeypatch, where):
+    address = f"127.0.0.1:{free_port()}"
+    if where == "env":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    started = time.perf_counter()
+    with pytest.raises(SeqLabError) as err:
+        run_search(load_space(settings()), settings(address=address if where == "params" else None), MODEL, TRAIN, data(),
+                   tracking, tmp_path)
+    source = "params.yaml: tune.address" if where == "params" else "RAY_ADDRESS"
+    assert str(err.value).startswith(f"{source}: cannot reach the Ray cluster at {address} (Connection refused)")
+    assert time.perf_counter() - started < 10
+
+
+def test_optuna_search_on_an_existing_cluster(tmp_path, tracking):
+    port = free_port()
+    temp = Path(f"/tmp/seqlab-ray-{os.getpid()}")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    f"--temp-dir={temp}"], check=True, capture_output=True, env=env, timeout=180)
+    try:
+        result = run_search(load_space(settings()), settings(search="optuna", num_samples=3, address=f"127.0.0.1:{port}"),
+                            MODEL, TRAIN, data(), tracking, tmp_path / "storage")
+        assert result.cluster == f"the Ray cluster at 127.0.0.1:{port}"
+        assert len(result.trials) == 3 and result.trials["valid_ppl"].notna().all()
+        assert len(set(result.trials["lr"])) == 3  # TPE samples, not one point thrice
+        logs = list((temp / "session_latest" / "logs").glob("worker-*.out"))
+        assert logs, "no trial ran on the started cluster"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
