@@ -60,19 +60,25 @@ def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
 
 CHILD = """
 import os, signal, sys
+import torch
 sys.path.insert(0, {tests!r})
 from test_train import run
-def die(epoch):
-    if epoch.epoch == 2:
+steps, step = 0, torch.optim.Adam.step
+def counted(self, *args, **kwargs):  # SIGKILL before optimizer step 147: epoch 2 (75 steps each), step 72
+    global steps
+    steps += 1
+    if steps == 75 + 72:
         os.kill(os.getpid(), signal.SIGKILL)
-run(sys.argv[1], on_epoch=die if sys.argv[2] == "kill" else (lambda e: None))
+    return step(self, *args, **kwargs)
+torch.optim.Adam.step = counted
+run(sys.argv[1])
 """
 
 
 def test_resume_after_kill_9_reaches_the_same_weights_and_metrics(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
-    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), "kill"], capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (1, 70)  # in epoch 2 (of 75 steps): the last multiple of 7

@@ -344,6 +344,8 @@ def _tracker(client, experiment_id: str, parent_run_id: str, space: Space, total
     from ray import tune
     from tqdm.auto import tqdm
 
+    inherited = {k: v for k, v in client.get_run(parent_run_id).data.tags.items() if k == "mlflow.source.git.commit"}
+
     class Tracker(tune.Callback):
         def __init__(self, client, bar):
             self.trials: dict[str, TrialRecord] = {}
@@ -360,7 +362,7 @@ def _tracker(client, experiment_id: str, parent_run_id: str, space: Space, total
             self.trials[trial.trial_id] = record
             described = ", ".join(f"{k}={_show(v)}" for k, v in record.config.items())
             run = self.client.create_run(experiment_id, run_name=f"trial {record.index:03d}: {described}"[:250], tags={
-                "mlflow.parentRunId": parent_run_id, "seqlab.run_kind": "trial", "seqlab.trial_id": trial.trial_id,
+                **inherited, "mlflow.parentRunId": parent_run_id, "seqlab.run_kind": "trial", "seqlab.trial_id": trial.trial_id,
                 "seqlab.search": space.name})
             record.run_id = run.info.run_id
             self.client.log_batch(record.run_id, params=[Param(k, str(v)) for k, v in record.config.items()])
@@ -458,6 +460,10 @@ def run_search(space: Space, tune_params, model: Mapping, train: Mapping, data: 
     started = time.perf_counter()
     cluster = connect(tune_params.address)
     try:
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        if nodes > 1 and "://" not in str(storage) and tune_params.storage is None:
+            print(f"tune: {nodes} Ray nodes, but trial checkpoints go to {storage} on this machine; set tune.storage "
+                  "to a shared directory or a bucket URI so a retried trial can resume on another node")
         resources = trial_resources(tune_params.cpus_per_trial, tune_params.gpus_per_trial, tune_params.gpu_fallback)
         if tune_params.search == "optuna":
             from ray.tune.search.optuna import OptunaSearch
