@@ -11,7 +11,7 @@ import pandas as pd
 from seqlab import stage
 from seqlab.errors import exit_on_error
 from seqlab.evaluate import load_eval_set
-from seqlab.io import atomic_path, dvc_md5, write_json
+from seqlab.io import atomic_path, write_json
 from seqlab.tracking import project_root
 from seqlab.tune import load_space, overrides, plot_search, run_search
 from seqlab.vocab import load_vocab
