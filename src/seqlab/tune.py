@@ -521,6 +521,7 @@ def plot_search(table, space: Space, path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from seqlab.io import atomic_path
 
@@ -549,6 +550,9 @@ def plot_search(table, space: Space, path: str | Path) -> None:
             ax.set_xlim(-0.5, len(dim.values) - 0.5)
         elif dim.log:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(dim.key)
         ax.grid(True, alpha=0.3)
     for ax in axes.flat[len(dims):]:
@@ -556,7 +560,6 @@ def plot_search(table, space: Space, path: str | Path) -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("best valid perplexity")
     if dims[0] is not None:
-        axes.flat[0].set_yscale("log")
         axes.flat[0].legend(loc="best", fontsize=8)
     fig.suptitle(f"{space.name}: {len(table)} trials, valid perplexity by searched parameter")
     fig.tight_layout()
