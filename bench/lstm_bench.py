@@ -33,17 +33,13 @@ VARIANTS = {"dot": {}, "none": {"model.attention": "none"}, "transformer": {"mod
 
 def settings(overrides: dict):
     """(ModelConfig, TrainConfig, vocab, splits) from params.yaml with dotted overrides."""
-    from seqlab.config import Params
+    from seqlab.config import load_params
     from seqlab.evaluate import load_eval_set
     from seqlab.models import config_from_params
     from seqlab.train import TrainConfig
     from seqlab.vocab import load_vocab
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        raw[section][key] = value
-    params = Params.model_validate(raw)
+    params = load_params(ROOT / "params.yaml", overrides)
     vocab = load_vocab(ROOT / "data" / "vocab")
     config = config_from_params(params.model.model_dump(), len(vocab))
     splits = {s: load_eval_set(ROOT / "data" / "tokens", s, vocab) for s in ("train", "valid", "test")}

@@ -33,23 +33,15 @@ def main() -> None:
     import torch
     from mlflow import MlflowClient
 
-    from seqlab.config import Params
-    from seqlab.evaluate import load_eval_set
-    from seqlab.tune import load_space, run_search
+    from seqlab.config import load_params
+    from seqlab.tune import load_space, run_search, search_data
     from seqlab.vocab import load_vocab
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in (s.split("=", 1) for s in args.sets):
-        section, key = dotted.split(".")
-        raw[section][key] = yaml.safe_load(value)
-    params = Params.model_validate(raw)
+    params = load_params(ROOT / "params.yaml", {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)})
     space = load_space(params.tune)
     tune = params.tune.model_copy(update={"grace_period": space.epochs}) if args.no_asha else params.tune
     vocab = load_vocab(ROOT / "data" / "vocab")
-    train_set, valid = (load_eval_set(ROOT / "data" / "tokens", split, vocab) for split in ("train", "valid"))
-    train_ids = train_set.segments.ids[: tune.train_tokens] if tune.train_tokens else train_set.segments.ids
-    data = {"train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
-            "vocab_size": len(vocab), "vocab_sha256": vocab.sha256}
+    data = search_data(ROOT / "data" / "tokens", vocab, tune.train_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         client = MlflowClient()
@@ -60,7 +52,7 @@ def main() -> None:
     table = result.trials
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print()
-    print(f"search {space.name}: {len(table)} trials of up to {space.epochs} epochs on {len(train_ids):,} train tokens, "
+    print(f"search {space.name}: {len(table)} trials of up to {space.epochs} epochs on {len(data['train_ids']):,} train tokens, "
           f"{tune.search} search, {'no ASHA' if args.no_asha else f'ASHA grace {tune.grace_period}, reduction {tune.reduction_factor:g}'}")
     print(f"resources per trial: {result.resources['cpu']:g} CPU, {result.resources['gpu']:g} GPU ({device}); {result.cluster}")
     print(f"trial-epochs run: {result.trial_epochs} of {result.full_epochs} ({result.trial_epochs / result.full_epochs:.1%})")

@@ -42,10 +42,10 @@ def main() -> None:
         model = build(config)
         parameters = count_parameters(model)
         run.log_params({"parameters": parameters, "resolved_ff_dim": config.ff_dim})
+        described = ", ".join(f"{k}={v}" for k, v in changes.items())
         if changes:
-            run.set_tag("seqlab.tuned", ", ".join(f"{k}={v}" for k, v in changes.items()))
-        print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens"
-              + (f"; tuned: {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else ""))
+            run.set_tag("seqlab.tuned", described)
+        print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens" + (f"; tuned: {described}" if changes else ""))
         log_epoch = lambda e: run.log_metrics(  # noqa: E731
             {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "epoch_valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
         started = time.perf_counter()

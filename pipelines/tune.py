@@ -10,10 +10,9 @@ import pandas as pd
 
 from seqlab import stage
 from seqlab.errors import exit_on_error
-from seqlab.evaluate import load_eval_set
 from seqlab.io import atomic_path, write_json
 from seqlab.tracking import project_root
-from seqlab.tune import load_space, overrides, plot_search, run_search
+from seqlab.tune import load_space, overrides, plot_search, run_search, search_data
 from seqlab.vocab import load_vocab
 
 TOKENS, VOCAB, BEST = "data/tokens", "data/vocab", "models/tune/best_config.json"
@@ -33,14 +32,11 @@ def main() -> None:
             table = pd.DataFrame(columns=["trial", "status", "epochs", "valid_ppl"])
             best, summary = {"trial": None, "config": {}}, {"trials": 0}
         else:
-            train_set, valid = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid"))
-            train_ids = train_set.segments.ids[: tune.train_tokens] if tune.train_tokens else train_set.segments.ids
-            data = {"train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
-                    "vocab_size": len(vocab), "vocab_sha256": vocab.sha256}
+            data = search_data(TOKENS, vocab, tune.train_tokens)
             storage = tune.storage or (project_root() / "checkpoints" / "tune")
             if tune.storage is None:
                 shutil.rmtree(storage, ignore_errors=True)  # trial checkpoints of an earlier search
-            print(f"tune: {tune.num_samples} trials of up to {space.epochs} epochs on {len(train_ids):,} train tokens, "
+            print(f"tune: {tune.num_samples} trials of up to {space.epochs} epochs on {len(data['train_ids']):,} train tokens, "
                   f"{tune.search} search, ASHA (grace {tune.grace_period}, reduction {tune.reduction_factor:g})")
             result = run_search(space, tune, model, train, data, run.nested(), storage)
             table, best = result.trials, result.best

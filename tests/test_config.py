@@ -115,3 +115,12 @@ def test_ngram_grid_checks(tmp_path):
 def test_model_and_train_checks(tmp_path, section, change, expected):
     path = write_params(tmp_path, lambda p: p[section].update(change))
     assert error_of(path) == expected.replace("params.yaml", str(path))
+
+
+def test_dotted_overrides_go_in_before_validation():
+    params = load_params(REPO / "params.yaml", {"train.lr": 0.01, "tune.num_samples": 3})
+    assert params.train.lr == 0.01 and params.tune.num_samples == 3
+    with pytest.raises(SeqLabError, match=r"params.yaml: train.lr: Input should be greater than 0"):
+        load_params(REPO / "params.yaml", {"train.lr": -1.0})
+    with pytest.raises(SeqLabError, match=r"params.yaml: trian.lr: no section 'trian' to override"):
+        load_params(REPO / "params.yaml", {"trian.lr": 0.01})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -222,8 +222,9 @@ class Params(_Section):
     tracking: TrackingParams
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Load and validate the whole params file; raise SeqLabError naming the file and key."""
+def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, object] | None = None) -> Params:
+    """Load and validate the whole params file, with ``{"section.key": value}`` ``overrides`` put in
+    first (as ``dvc exp run -S`` would); raise SeqLabError naming the file and key."""
     path = Path(path)
     if not path.exists():
         raise SeqLabError(f"{path}: file not found")
@@ -234,6 +235,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise SeqLabError(f"{path}: not valid YAML: {first}") from None
     if not isinstance(raw, dict):
         raise SeqLabError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(raw.get(section), dict):
+            raise SeqLabError(f"{path}: {dotted}: no section {section!r} to override")
+        raw[section][key] = value
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

@@ -214,7 +214,7 @@ def check_space(space: Space, model: Mapping, train: Mapping, vocab_size: int) -
 
 # --- the Ray side -------------------------------------------------------------------------------
 
-def connect(address: str | None, ship_package: bool = True) -> str:
+def connect(address: str | None) -> str:
     """Start a local Ray instance, or join the cluster at ``address`` (``tune.address``, else
     ``RAY_ADDRESS``); fail within seconds when it cannot be reached. Returns a description.
 
@@ -234,11 +234,9 @@ def connect(address: str | None, ship_package: bool = True) -> str:
         return "a local Ray instance"
     if address != "auto":
         _probe(address, source)
-    runtime_env = None
-    if ship_package:  # workers import the driver's seqlab, whatever is installed on their node
-        import seqlab
+    import seqlab
 
-        runtime_env = {"py_modules": [str(Path(seqlab.__file__).parent)]}
+    runtime_env = {"py_modules": [str(Path(seqlab.__file__).parent)]}  # workers import the driver's seqlab
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=runtime_env)
     except Exception as err:  # ConnectionError, RuntimeError, ...: whatever ray raises, one line
@@ -337,6 +335,11 @@ class TrialRecord:
     retries: int = 0
     error: str = ""
 
+    @property
+    def best(self) -> dict:
+        """The reported epoch with the lowest valid loss; {} before the first report."""
+        return min(self.results, key=lambda r: r["valid_loss"], default={})
+
 
 def _tracker(client, experiment_id: str, parent_run_id: str, space: Space, total: int, bar):
     """A Tune callback in the driver: one MLflow child run per trial, the progress bar, a line per trial."""
@@ -399,23 +402,25 @@ def _tracker(client, experiment_id: str, parent_run_id: str, space: Space, total
             record.status = "error"
             self.bar.total -= space.epochs - len(record.results)
             self.bar.refresh()
-            record.error = _first_line(trial.error_file)
+            record.error = _error_line(trial.error_file)
             self._end(record, "FAILED")
 
         def _end(self, record: TrialRecord, status: str) -> None:
-            if record.results:
-                best = min(record.results, key=lambda r: r["valid_loss"])
-                self.client.log_batch(record.run_id, metrics=[Metric("valid_ppl", best["valid_ppl"], int(time.time() * 1000), 0),
-                                                         Metric("best_epoch", best["epoch"], int(time.time() * 1000), 0)])
+            best = record.best
+            if best:
+                stamp = int(time.time() * 1000)
+                self.client.log_batch(record.run_id, metrics=[Metric("valid_ppl", best["valid_ppl"], stamp, 0),
+                                                              Metric("best_epoch", best["epoch"], stamp, 0)])
                 self.client.set_tag(record.run_id, "seqlab.trial_status", record.status)
             self.client.set_terminated(record.run_id, status)
-            ppl = f"best valid ppl {min(r['valid_ppl'] for r in record.results):.2f}" if record.results else record.error
+            ppl = f"best valid ppl {best['valid_ppl']:.2f}" if best else record.error
             tqdm.write(f"trial {record.index:03d}/{total} {record.status} after {len(record.results)} epochs: {ppl}")
 
     return Tracker(client, bar)
 
 
-def _first_line(error_file) -> str:
+def _error_line(error_file) -> str:
+    """The last line of a trial's error file: the exception and its message."""
     try:
         lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
         return lines[-1].strip() if lines else "failed"
@@ -441,6 +446,17 @@ class SearchResult:
     resources: dict[str, float]
     cluster: str
     seconds: float
+
+
+def search_data(tokens: str | Path, vocab, train_tokens: int | None) -> dict:
+    """What every trial reads: the first ``train_tokens`` train ids (all when None), the valid split
+    and the vocabulary's size and hash."""
+    from seqlab.evaluate import load_eval_set
+
+    train_set, valid = (load_eval_set(tokens, split, vocab) for split in ("train", "valid"))
+    train_ids = train_set.segments.ids[:train_tokens] if train_tokens else train_set.segments.ids
+    return {"train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
+            "vocab_size": len(vocab), "vocab_sha256": vocab.sha256}
 
 
 def run_search(space: Space, tune_params, model: Mapping, train: Mapping, data: dict, tracking: tuple, storage: str | Path) -> SearchResult:
@@ -502,7 +518,7 @@ def run_search(space: Space, tune_params, model: Mapping, train: Mapping, data: 
         raise SeqLabError(f"tune: no trial finished an epoch; first error: {errors[0] if errors else 'none reported'}")
     rows = []
     for record in records:
-        best = min(record.results, key=lambda r: r["valid_loss"]) if record.results else {}
+        best = record.best
         rows.append({"trial": record.index, "status": record.status, "epochs": len(record.results),
                      "best_epoch": best.get("epoch"), "valid_loss": best.get("valid_loss"), "valid_ppl": best.get("valid_ppl"),
                      "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in record.results])) if record.results else None,
@@ -573,7 +589,7 @@ def tuned(params, best_config: str | Path):
     ``model`` and ``train`` sections, validated; and the overrides."""
     from pydantic import ValidationError
 
-    from seqlab.config import ModelParams, TrainParams
+    from seqlab.config import ModelParams, TrainParams, describe_validation_error
     from seqlab.io import read_json
 
     best = read_json(best_config)
@@ -589,7 +605,5 @@ def tuned(params, best_config: str | Path):
     try:
         model, train = ModelParams.model_validate(sections["model"]), TrainParams.model_validate(sections["train"])
     except ValidationError as err:
-        problem = err.errors()[0]
-        raise SeqLabError(f"{best_config}: overrides: {'.'.join(map(str, problem['loc']))}: "
-                          f"{problem['msg'].removeprefix('Value error, ')}") from None
+        raise SeqLabError(describe_validation_error(f"{best_config}: overrides", err)) from None
     return params.model_copy(update={"model": model, "train": train}), changes
