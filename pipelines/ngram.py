@@ -8,18 +8,20 @@ from pathlib import Path
 
 import pandas as pd
 
-import seqlab.ngram
+import seqlab
 from seqlab import stage
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.evaluate import load_eval_set, score
-from seqlab.io import atomic_path, dvc_md5, write_json
+from seqlab.io import atomic_path, write_json
 from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
+from seqlab.registry import registered_name, version_tags
+from seqlab.tracking import git_commit, project_root
 from seqlab.vocab import BOS, load_vocab
 
 TOKENS, VOCAB = "data/tokens", "data/vocab"
-PYFUNC_CODE = Path(seqlab.ngram.__file__).parent / "pyfunc_model.py"
+PYFUNC_CODE = Path(seqlab.__file__).parent / "pyfunc_model.py"
 
 
 @exit_on_error
@@ -57,6 +59,7 @@ def main() -> None:
                 "family": "ngram",
                 "estimator": args.estimator,
                 "order": args.order,
+                "registered_model": registered_name("ngram"),
                 "params": model.params,
                 "cutoffs": cfg.cutoffs,
                 "ngrams": [len(t) for t in model.tables],
@@ -64,7 +67,8 @@ def main() -> None:
                 **{split: s.as_dict() for split, s in scores.items()},
             }
             write_json(tmp / "scores.json", summary)
-        run.log_params({"estimator": args.estimator, "order": args.order, **{f"tuned.{k}": v for k, v in model.params.items()}})
+        run.log_params({"model": f"ngram-{name}", "family": "ngram", "estimator": args.estimator, "order": args.order,
+                        **{f"tuned.{k}": v for k, v in model.params.items()}})
         run.log_metrics({"build_seconds": build_seconds, "peak_memory_mb": peak_mb,
                          **scores["valid"].metrics("valid"), **scores["test"].metrics("test")})
         run.log_artifact(f"{out}/scores.json")
@@ -73,17 +77,16 @@ def main() -> None:
         run.set_tag("seqlab.vocab_sha256", vocab.sha256)
         version = run.log_pyfunc_model(
             PYFUNC_CODE,
-            {"model": f"{out}/model.npz", "vocab": VOCAB},
-            "seqlab-ngram",
+            {"model": f"{out}/model.npz", "vocab": VOCAB, "tokenizer": f"{TOKENS}/tokenizer.json"},
+            registered_name("ngram"),
             pd.DataFrame({"context": ["<s> to be or not to"]}),
             {"top_k": 10},
-            {"estimator": args.estimator, "order": str(args.order), "vocab_sha256": vocab.sha256,
-             "test_ppl": f"{scores['test'].ppl:.6g}", "data_hash": dvc_md5(TOKENS)},
+            {"estimator": args.estimator, "order": str(args.order), **version_tags(summary, out, TOKENS, git_commit(project_root()))},
         )
         run.tag_data_hashes("deps", [TOKENS, VOCAB])
         run.tag_data_hashes("outs", [out])
         print(f"ngram {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f}, "
-              f"built in {build_seconds:.2f} s; registered as seqlab-ngram version {version}")
+              f"built in {build_seconds:.2f} s; registered as {registered_name('ngram')} version {version}")
 
 
 if __name__ == "__main__":

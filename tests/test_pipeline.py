@@ -98,7 +98,8 @@ def test_one_parent_run_with_a_child_per_stage(project):
     children = frame[frame["tags.mlflow.parentRunId"] == parents.iloc[0]["run_id"]]
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
     grid = [f"ngram {e}-{o}" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn") for o in (1, 3)]
-    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "tune", "train lstm-dot", "evaluate"]
+    assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "tune", "train lstm-dot",
+                                                     "train lstm", "train transformer", "hybrid", "evaluate", "register"]
     trials = frame[frame["tags.mlflow.parentRunId"] == children.set_index("tags.mlflow.runName").loc["tune", "run_id"]]
     assert len(trials) == 2 and len(frame) == 1 + len(children) + len(trials)  # the trials are the search's children
     assert set(children["status"]) == {"FINISHED"}
@@ -111,7 +112,7 @@ def test_one_parent_run_with_a_child_per_stage(project):
 
 def test_data_hash_tags_equal_dvc_lock(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    names = runs(project)["tags.mlflow.runName"].str.replace("ngram ", "ngram@").str.replace(r"^train .*", "train", regex=True)
+    names = runs(project)["tags.mlflow.runName"].str.replace("ngram ", "ngram@").str.replace("train lstm-dot", "train")
     frame = runs(project).set_index(names)
     for stage in ("prepare", "tokenize", "vocab", "validate", "ngram@mkn-3", "train"):
         for out in lock[stage]["outs"]:
@@ -148,22 +149,31 @@ def test_param_change_reruns_only_what_it_touches_under_a_new_parent(project):
     assert "Stage 'ngram@mkn-3' didn't change" in result.stdout and "Running stage 'ngram@mkn-2'" in result.stdout
     new = runs(project).iloc[len(before):]
     names = list(new["tags.mlflow.runName"].str.replace(r"^pipeline .*", "pipeline", regex=True))
-    assert names == ["pipeline", *[f"ngram {e}-2" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")], "evaluate"]
+    grid = [f"ngram {e}-2" for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")]
+    assert names == ["pipeline", *grid, "hybrid", "evaluate", "register"]  # the hybrid may now pick mkn-2
     board = pd.read_csv(project / "metrics" / "leaderboard.csv")
-    assert len(board) == 21 + 1  # the neural model was not retrained, and is still on the board
+    assert len(board) == 21 + 3 + 1  # the neural models were not retrained, and are still on the board
 
 
 def test_leaderboard_scores_every_model_on_the_same_tokens(project):
     board = pd.read_csv(project / "metrics" / "leaderboard.csv")
-    assert len(board) >= 14 and board["test_tokens"].nunique() == 1
+    assert len(board) >= 14 + 3 + 1 and board["test_tokens"].nunique() == 1
     assert board["test_tokens"].iloc[0] == 15  # 13 tokens + 2 </s>
+    assert {"lstm-dot", "lstm", "transformer", "hybrid"} <= set(board.model)
+    assert set(board.family) == {"ngram", "neural", "hybrid"}
     smoothed = board[board.estimator != "mle"]
     assert (smoothed.test_ppl < float("inf")).all()
     assert board.set_index("model").loc["ngram-mle-3", "test_zero_prob_tokens"] > 0
     assert list(board["valid_ppl"]) == sorted(board["valid_ppl"])
-    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    metrics = json.loads((project / "metrics" / "metrics.json").read_text())
     assert metrics["best_model"] == board.model.iloc[0] and metrics["models"]["ngram-mle-3"]["test_ppl"] == "inf"
-    assert (project / "plots" / "perplexity.png").stat().st_size > 1000
+    assert set(metrics["models"]) == set(board.model)
+    assert set(metrics["models"]["hybrid"]) == {"valid_ppl", "valid_xent_nats", "valid_xent_bits", "test_ppl", "test_xent_nats",
+                                                "test_xent_bits", "test_bits_per_char"}
+    for name in ("plots/perplexity.png", "plots/learning_curves.png", "plots/hybrid.png"):
+        assert (project / name).read_bytes()[:4] == b"\x89PNG"
+    curves = pd.read_csv(project / "metrics" / "learning_curves.csv")
+    assert list(curves.columns) == ["epoch", "tuned", "lstm", "transformer"] and list(curves.epoch) == [1, 2]
     neural = board.set_index("model").loc["lstm-dot"]
     scores = json.loads((project / "models" / "neural" / "scores.json").read_text())
     assert neural.family == "neural" and neural.test_ppl == pytest.approx(scores["test"]["ppl"], rel=1e-5)
@@ -287,6 +297,86 @@ def test_ngram_stage_refuses_an_order_out_of_range(project):
     assert result.returncode == 1
     assert last_line(result) == "error: order 9 is outside 1..5 (params.yaml: ngram.orders, ngram.max_order)"
     assert not (project / "models" / "ngram" / "mkn-9").exists()
+
+
+def test_baselines_are_the_tuned_model_with_their_changes_and_the_same_budget(project):
+    tuned = json.loads((project / "models" / "neural" / "scores.json").read_text())
+    lstm = json.loads((project / "models" / "baselines" / "lstm" / "scores.json").read_text())
+    transformer = json.loads((project / "models" / "baselines" / "transformer" / "scores.json").read_text())
+    assert lstm["config"] == {**tuned["config"], "attention": "none"} and lstm["train"] == tuned["train"]
+    assert transformer["config"]["kind"] == "transformer" and transformer["train"] == tuned["train"]
+    assert transformer["config"]["embed_dim"] == tuned["config"]["embed_dim"]
+    assert [e["epoch"] for e in lstm["history"]] == [1, 2]
+    assert (lstm["registered_model"], transformer["registered_model"]) == ("seqlab-lstm", "seqlab-transformer")
+    assert json.loads((project / "metrics" / "baselines" / "lstm.json").read_text())["model"] == "lstm"
+    assert (project / "plots" / "baselines" / "transformer.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hybrid_interpolates_the_best_neural_model_with_mkn(project):
+    spec = json.loads((project / "models" / "hybrid" / "hybrid.json").read_text())
+    hybrid = json.loads((project / "models" / "hybrid" / "scores.json").read_text())
+    board = pd.read_csv(project / "metrics" / "leaderboard.csv").set_index("model")
+    [neural, ngram] = [part["model"] for part in spec["parts"]]
+    assert neural == board[board.family == "neural"].valid_ppl.idxmin()
+    assert ngram == board[board.estimator == "mkn"].valid_ppl.idxmin()
+    assert sum(part["weight"] for part in spec["parts"]) == pytest.approx(1.0)
+    assert hybrid["valid"]["ppl"] <= min(board.loc[neural, "valid_ppl"], board.loc[ngram, "valid_ppl"]) * (1 + 1e-6)
+    assert hybrid["test"]["fingerprint"] == json.loads((project / "models" / "neural" / "scores.json").read_text())["test"]["fingerprint"]
+    scored = sh(project, str(BIN / "seqlab"), "score", "models/hybrid").stdout
+    assert f"perplexity {hybrid['test']['ppl']:.4f}" in scored  # the CLI and the stage agree to the digit
+
+
+def registry(project):
+    import mlflow
+
+    runs(project)  # points MLflow at the project's store
+    return mlflow.MlflowClient()
+
+
+def champion_of(client):
+    holders = [(m.name, m.aliases["champion"]) for m in client.search_registered_models("name LIKE 'seqlab-%'") if "champion" in m.aliases]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def test_every_family_is_registered_with_what_it_was_built_from(project):
+    client = registry(project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    tokens_md5 = next(o["md5"] for o in lock["tokenize"]["outs"] if o["path"] == "data/tokens")
+    commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+    names = {m.name for m in client.search_registered_models("name LIKE 'seqlab-%'")}
+    assert names == {"seqlab-ngram", "seqlab-lstm_attention", "seqlab-lstm", "seqlab-transformer", "seqlab-hybrid"}
+    fingerprint = json.loads((project / "models" / "hybrid" / "scores.json").read_text())["test"]["fingerprint"]
+    for name in names:
+        for version in client.search_model_versions(f"name = '{name}'"):
+            tags = version.tags
+            assert tags["git_commit"] == commit and tags["data_hash"] == tokens_md5 and tags["test_fingerprint"] == fingerprint
+            assert len(tags["vocab_sha256"]) == 64 and float(tags["test_ppl"]) > 1
+
+
+def test_the_champion_is_the_best_model_and_predicts_from_the_registry(project):
+    client = registry(project)
+    board = pd.read_csv(project / "metrics" / "leaderboard.csv")
+    name, version = champion_of(client)
+    champion = client.get_model_version(name, version)
+    assert name == board.registered_model.iloc[0] and champion.tags["model"] == board.model.iloc[0]
+    decision = json.loads((project / "metrics" / "register.json").read_text())
+    assert decision["outcome"] in {"promoted", "kept"} and decision["candidate"]["version"] == str(version)
+    context = ["predict", "--context", "the cat sat on the", "--top-k", "3"]
+    by_uri = sh(project, str(BIN / "seqlab"), *context, "--model", f"models:/{name}@champion")
+    by_path = sh(project, str(BIN / "seqlab"), *context, "--model", board.path.iloc[0])
+    assert by_uri.stdout == by_path.stdout and len(by_uri.stdout.splitlines()) == 3
+    hybrid = sh(project, str(BIN / "seqlab"), "predict", "--model", "models:/seqlab-hybrid/1", "--context", "on the", "--top-k", "0")
+    assert sum(float(line.split()[0]) for line in hybrid.stdout.splitlines()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_identical_rerun_leaves_the_champion_untouched(project):
+    client = registry(project)
+    before = champion_of(client)
+    result = dvc(project, "repro", "-f", "hybrid", "evaluate", "register")  # a new hybrid version, the same files
+    assert "register: champion unchanged" in result.stdout
+    assert champion_of(client) == before
+    assert json.loads((project / "metrics" / "register.json").read_text())["outcome"] == "kept"
 
 
 # --- bad input: one line naming the file and key, non-zero exit, no partial output ------------------

@@ -1,15 +1,16 @@
 """The ``seqlab`` console script.
 
     seqlab score MODEL [--tokens data/tokens/test.txt] [--vocab data/vocab]
-        score a token stream with any model (n-gram ``model.npz``, ARPA file, neural ``model.pt``)
+        score a token stream with any model (n-gram ``model.npz``, ARPA file, neural ``model.pt``,
+        a hybrid's ``hybrid.json``, or a model directory such as ``models/hybrid``)
     seqlab predict --model PATH_OR_URI --context "to be or not to" [--top-k 5]
-        the most likely next tokens and their probabilities
+        the most likely next tokens and their probabilities (any model)
     seqlab generate --model PATH_OR_URI --prompt "To be or not to be" [--max-tokens 60]
             [--temperature 0.8] [--top-k 40] [--seed 1] [--visualize attention.png]
-        sample a continuation; optionally draw the attention weights as a heatmap
+        sample a continuation from a neural model; optionally draw the attention weights as a heatmap
 
-A neural model is a checkpoint path (default ``models/neural/model.pt``) or an MLflow model URI such
-as ``models:/seqlab-lstm_attention@champion``.
+A model is a file of the project (default ``models/neural/model.pt``; also ``model.npz``, ``hybrid.json``
+or a model directory) or an MLflow model URI such as ``models:/seqlab-hybrid@champion``.
 """
 
 from __future__ import annotations
@@ -21,22 +22,17 @@ from seqlab.errors import SeqLabError, exit_on_error
 
 
 def _score(args: argparse.Namespace) -> None:
-    from seqlab.evaluate import eval_set, score
-    from seqlab.ngram.arpa import read_arpa
-    from seqlab.ngram.model_file import load_model
+    from seqlab.evaluate import eval_set, open_model, score
     from seqlab.tokenize import read_stream
-    from seqlab.vocab import BOS, load_vocab
+    from seqlab.vocab import load_vocab
 
     vocab = load_vocab(args.vocab)
-    if args.model.suffix == ".npz":
-        model = load_model(args.model, vocab.sha256)
-    elif args.model.suffix == ".pt":
-        from seqlab.models.checkpoint import load_checkpoint
-        from seqlab.models.scoring import NeuralLM
+    batch_size = args.batch_size
+    if batch_size is None:  # the pipeline's: a neural model's streams each start from a fresh state
+        from seqlab.config import load_params
 
-        model = NeuralLM(load_checkpoint(args.model, vocab.sha256))
-    else:
-        model = read_arpa(args.model, vocab.index, vocab.index[BOS])
+        batch_size = load_params("params.yaml").train.eval_batch_size if Path("params.yaml").is_file() else 16
+    model = open_model(args.model, vocab, batch_size=batch_size)
     lines = read_stream(args.tokens)
     data = eval_set(lines, vocab, 0, str(args.tokens))  # characters: bits per character is not reported here
     result = score(model, data, str(args.model))
@@ -56,11 +52,13 @@ def _predict(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import sys
 
-    from seqlab.generate import detokenize, generate, load, plot_attention
+    from seqlab.generate import NOT_NEURAL, detokenize, generate, load, plot_attention
 
     if args.max_tokens < 1:
         raise SeqLabError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
     loaded = load(args.model, args.vocab, args.tokenizer)
+    if loaded.model is None:
+        raise SeqLabError(f"{args.model}: {NOT_NEURAL}")
     config = loaded.model.config
     if args.visualize and config.kind == "lstm_attention" and config.attention == "none":  # fail before generating
         raise SeqLabError(f"{args.model}: this model has no attention to draw (model.attention: none)")
@@ -74,7 +72,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _neural_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="models/neural/model.pt", help="checkpoint path or MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
+    parser.add_argument("--model", default="models/neural/model.pt", help="model file or directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
     parser.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory (for a checkpoint path)")
     parser.add_argument("--tokenizer", type=Path, default=Path("data/tokens/tokenizer.json"), help="tokenizer (for a checkpoint path)")
 
@@ -83,15 +81,17 @@ def _neural_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="seqlab", description="SeqLab: language models, reproducibly.")
     commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="score a token stream with a model (model.npz, .arpa or a neural model.pt)")
-    score.add_argument("model", type=Path, help="model.npz, a .arpa file or a neural model.pt")
+    score = commands.add_parser("score", help="score a token stream with a model (model.npz, .arpa, model.pt, hybrid.json)")
+    score.add_argument("model", type=Path, help="model.npz, a .arpa file, a neural model.pt, a hybrid.json or a model directory")
     score.add_argument("--tokens", type=Path, default=Path("data/tokens/test.txt"), help="token stream, one sequence per line")
     score.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory")
+    score.add_argument("--batch-size", type=int, default=None,
+                       help="neural models: parallel streams (default: train.eval_batch_size of ./params.yaml, else 16)")
     score.set_defaults(run=_score)
-    predict = commands.add_parser("predict", help="next-token distribution of a neural model")
+    predict = commands.add_parser("predict", help="next-token distribution of any model (neural, n-gram, hybrid)")
     _neural_options(predict)
     predict.add_argument("--context", required=True, help="text before the token to predict")
-    predict.add_argument("--top-k", type=int, default=5, help="how many tokens to list")
+    predict.add_argument("--top-k", type=int, default=5, help="how many tokens to list (0: the whole vocabulary)")
     predict.set_defaults(run=_predict)
     gen = commands.add_parser("generate", help="sample text from a neural model")
     _neural_options(gen)

@@ -206,6 +206,16 @@ class TuneParams(_Section):
         return self
 
 
+class HybridParams(_Section):
+    ngram: str = Field(min_length=1)  # the estimator interpolated with the best neural model (its best order on valid)
+
+
+class RegisterParams(_Section):
+    # a champion scored on other test tokens or another vocabulary cannot be compared:
+    # challenger (keep the champion) | promote (the new best takes over)
+    on_new_test_set: Literal["challenger", "promote"]
+
+
 class TrackingParams(_Section):
     experiment: str = Field(min_length=1)
 
@@ -219,7 +229,23 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     tune: TuneParams
+    baselines: dict[str, dict]  # name -> changes to the tuned model and train sections, e.g. {model: {attention: none}}
+    hybrid: HybridParams
+    register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        for name, changes in self.baselines.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"baselines.{name}: a name is lower-case letters, digits and _")
+            try:
+                with_changes(self, dotted(changes, f"baselines.{name}"), f"baselines.{name}")
+            except SeqLabError as err:
+                raise ValueError(str(err)) from None
+        if self.hybrid.ngram not in self.ngram.estimators:
+            raise ValueError(f"hybrid.ngram: {self.hybrid.ngram!r} is not among ngram.estimators {self.ngram.estimators}")
+        return self
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, object] | None = None) -> Params:
@@ -246,11 +272,37 @@ def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, object
         raise SeqLabError(describe_validation_error(path, err)) from None
 
 
+def dotted(changes: Mapping, source: str) -> dict[str, object]:
+    """``{model: {attention: none}}`` -> ``{"model.attention": "none"}`` (two levels: section, key)."""
+    flat = {}
+    for section, keys in changes.items():
+        if not isinstance(keys, Mapping):
+            raise SeqLabError(f"{source}.{section}: expected a mapping of keys to values")
+        flat |= {f"{section}.{key}": value for key, value in keys.items()}
+    return flat
+
+
+def with_changes(params: "Params", changes: Mapping[str, object], source: str) -> "Params":
+    """``params`` with ``{"model.key" | "train.key": value}`` put into its model and train sections and
+    validated with their schema; errors name ``source`` and the key."""
+    sections = {"model": params.model.model_dump(), "train": params.train.model_dump()}
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if section not in sections or name not in sections[section]:
+            raise SeqLabError(f"{source}.{key}: unknown key (changes apply to model and train)")
+        sections[section][name] = value
+    try:
+        model, train = ModelParams.model_validate(sections["model"]), TrainParams.model_validate(sections["train"])
+    except ValidationError as err:
+        raise SeqLabError(describe_validation_error(source, err)) from None
+    return params.model_copy(update={"model": model, "train": train})
+
+
 def describe_validation_error(path: str | Path, err: ValidationError) -> str:
     """One line: ``file: dotted.key: what is wrong (got value)``, plus how many more problems."""
     problems = err.errors()
     first = problems[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
         message = "unknown key"
@@ -261,4 +313,4 @@ def describe_validation_error(path: str | Path, err: ValidationError) -> str:
         if "input" in first and not isinstance(first["input"], (dict, list)):
             message += f" (got {first['input']!r})"
     more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
-    return f"{path}: {key}: {message}{more}"
+    return f"{path}: {key + ': ' if key else ''}{message}{more}"

@@ -112,3 +112,37 @@ def load_eval_set(tokens_dir, split: str, vocab: Vocab) -> EvalSet:
 
     characters = int(pd.read_parquet(f"{tokens_dir}/{split}.stats.parquet")["n_chars"].sum())
     return eval_set(read_stream(f"{tokens_dir}/{split}.txt"), vocab, characters, f"{tokens_dir}/{split}.txt")
+
+
+MODEL_FILES = ("hybrid.json", "model.pt", "model.npz", "model.arpa")
+
+
+def open_model(path, vocab: Vocab, batch_size: int = 16, window: int = 128, files=None, device: str = "cpu") -> LanguageModel:
+    """Any SeqLab model, ready to score: an n-gram ``model.npz`` or ARPA file, a neural ``model.pt``, a
+    hybrid's ``hybrid.json`` (its parts found under ``files`` when given), or a directory holding one.
+    Files are checked against ``vocab``; checkpoints load with ``weights_only=True``."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        inside = [path / name for name in MODEL_FILES if (path / name).is_file()]
+        if not inside:
+            raise SeqLabError(f"{path}: no model file here (looked for {', '.join(MODEL_FILES)})")
+        path = inside[0]
+    if path.suffix == ".json":
+        from seqlab.hybrid import Interpolated, load_spec
+
+        parts = load_spec(path, files)
+        return Interpolated([open_model(f, vocab, batch_size, window, device=device) for f, _ in parts], [w for _, w in parts])
+    if path.suffix == ".pt":
+        from seqlab.models.checkpoint import load_checkpoint
+        from seqlab.models.scoring import NeuralLM
+
+        return NeuralLM(load_checkpoint(path, vocab.sha256, device), batch_size, window)
+    if path.suffix == ".npz":
+        from seqlab.ngram.model_file import load_model
+
+        return load_model(path, vocab.sha256)
+    from seqlab.ngram.arpa import read_arpa
+
+    return read_arpa(path, vocab.index, vocab.index[BOS])

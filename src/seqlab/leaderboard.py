@@ -1,4 +1,5 @@
-"""The leaderboard: every model's scores in one table, ranked by valid perplexity, and its plot."""
+"""The leaderboard: every model's scores in one table, ranked by valid perplexity; its DVC metrics;
+the perplexity plot and the neural models' learning curves."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from seqlab.io import atomic_path
 METRICS = ("ppl", "xent_nats", "xent_bits", "bits_per_char")
 
 
-def leaderboard(summaries: list[dict]) -> pd.DataFrame:
-    """One row per model from its ``scores.json``; refuses models scored on different test tokens."""
-    if len({s["test"]["fingerprint"] for s in summaries}) != 1:
-        raise SeqLabError("models were scored on different test tokens; rerun `dvc repro`")
+def leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per model from its folder's ``scores.json`` (``{folder: summary}``); refuses models
+    scored on different test tokens or with another vocabulary."""
+    for key in ("test", "vocab"):
+        seen = {s["test"]["fingerprint"] if key == "test" else s["vocab_sha256"]: folder for folder, s in summaries.items()}
+        if len(seen) != 1:
+            raise SeqLabError(f"{' and '.join(sorted(seen.values()))} were scored on different {key} tokens; rerun `dvc repro`"
+                              if key == "test" else f"{' and '.join(sorted(seen.values()))} use different vocabularies; rerun `dvc repro`")
     rows = []
-    for s in summaries:
-        row = {"model": s["model"], "family": s["family"], "estimator": s["estimator"], "order": s["order"]}
+    for folder, s in summaries.items():
+        row = {"model": s["model"], "family": s["family"], "estimator": s["estimator"], "order": s["order"],
+               "path": folder, "registered_model": s.get("registered_model")}
         for split in ("valid", "test"):
             row |= {f"{split}_{k}": s[split][k] for k in METRICS}
         row |= {"test_tokens": s["test"]["tokens"], "test_oov_tokens": s["test"]["oov_tokens"],
@@ -33,7 +39,7 @@ def leaderboard(summaries: list[dict]) -> pd.DataFrame:
 def dvc_metrics(board: pd.DataFrame) -> dict:
     """The DVC metrics file: token counts, the best model, and each model's figures (``inf`` as text)."""
     finite = lambda value: value if math.isfinite(value) else "inf"  # noqa: E731
-    keys = ("valid_ppl", "test_ppl", "test_xent_nats", "test_xent_bits", "test_bits_per_char")
+    keys = ("valid_ppl", "valid_xent_nats", "valid_xent_bits", "test_ppl", "test_xent_nats", "test_xent_bits", "test_bits_per_char")
     return {
         "test_tokens": int(board.test_tokens.iloc[0]),
         "test_oov_tokens": int(board.test_oov_tokens.iloc[0]),
@@ -44,7 +50,7 @@ def dvc_metrics(board: pd.DataFrame) -> dict:
 
 def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
     """Test perplexity against order, one line per n-gram estimator (infinite perplexities left out);
-    each neural model, which has no order, is a dashed horizontal line."""
+    each neural model and the hybrid, which have no order, are dashed horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +62,7 @@ def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
         rows = rows[rows.test_ppl.map(math.isfinite)].sort_values("order")
         if len(rows):
             ax.plot(rows.order, rows.test_ppl, marker="o", label=estimator)
-    for i, row in enumerate(board[board.family == "neural"].itertuples()):
+    for i, row in enumerate(board[board.family != "ngram"].itertuples()):
         ax.axhline(row.test_ppl, linestyle="--", color=f"C{(len(ngram.estimator.unique()) + i) % 10}", label=f"{row.model} ({row.test_ppl:.1f})")
     ax.set_yscale("log")
     ax.set_xticks(sorted(ngram.order.unique()))
@@ -65,6 +71,42 @@ def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
     ax.set_title(f"Perplexity on the same {int(board.test_tokens.iloc[0])} test tokens")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="model", fontsize="small")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def learning_curves(histories: dict[str, list[dict]]) -> pd.DataFrame:
+    """Valid perplexity by epoch, a column per neural model (``{column: history}``), for ``dvc plots``."""
+    frame = pd.DataFrame({"epoch": sorted({e["epoch"] for history in histories.values() for e in history})})
+    for column, history in histories.items():
+        frame[column] = frame.epoch.map({e["epoch"]: e["valid_ppl"] for e in history})
+    return frame
+
+
+def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> None:
+    """Train and valid perplexity by epoch for each neural model (``{model name: history}``); a star
+    marks the best epoch on valid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, history) in enumerate(histories.items()):
+        epochs = [e["epoch"] for e in history]
+        valid = [e["valid_ppl"] for e in history]
+        ax.plot(epochs, valid, marker="o", color=f"C{i}", label=f"{name} valid")
+        ax.plot(epochs, [math.exp(e["train_loss"]) for e in history], linestyle="--", color=f"C{i}", alpha=0.6, label=f"{name} train")
+        best = min(range(len(valid)), key=valid.__getitem__)
+        ax.plot([epochs[best]], [valid[best]], marker="*", markersize=14, color=f"C{i}", markeredgecolor="black", linestyle="none")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title("Learning curves of the neural models (star: best epoch on valid)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

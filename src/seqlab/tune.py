@@ -587,23 +587,11 @@ def plot_search(table, space: Space, path: str | Path) -> None:
 def tuned(params, best_config: str | Path):
     """``params`` with the search's best configuration (``best_config``'s overrides) put into its
     ``model`` and ``train`` sections, validated; and the overrides."""
-    from pydantic import ValidationError
-
-    from seqlab.config import ModelParams, TrainParams, describe_validation_error
+    from seqlab.config import with_changes
     from seqlab.io import read_json
 
     best = read_json(best_config)
     changes = best.get("overrides") if isinstance(best, dict) else None
     if not isinstance(changes, dict):
         raise SeqLabError(f"{best_config}: overrides: missing or not an object")
-    sections = {"model": params.model.model_dump(), "train": params.train.model_dump()}
-    for dotted, value in changes.items():
-        section, _, key = dotted.partition(".")
-        if section not in sections or key not in sections[section]:
-            raise SeqLabError(f"{best_config}: overrides.{dotted}: unknown key")
-        sections[section][key] = value
-    try:
-        model, train = ModelParams.model_validate(sections["model"]), TrainParams.model_validate(sections["train"])
-    except ValidationError as err:
-        raise SeqLabError(describe_validation_error(f"{best_config}: overrides", err)) from None
-    return params.model_copy(update={"model": model, "train": train}), changes
+    return with_changes(params, changes, f"{best_config}: overrides"), changes

@@ -1,0 +1,152 @@
+"""The MLflow model registry: one registered model per family, versions that say what they were built
+from, and the champion gate.
+
+Families: ``seqlab-ngram``, ``seqlab-lstm_attention``, ``seqlab-lstm`` (no attention),
+``seqlab-transformer`` and ``seqlab-hybrid``. Every version carries tags for the git commit, the DVC
+hash of the token data, the vocabulary hash, the test-set fingerprint, its perplexities and the DVC
+hash of its model directory (which is how the ``register`` stage finds the version of a model file).
+
+The alias ``champion`` is held by one version across all families: the best model so far. The gate
+moves it only to a model with a strictly lower test perplexity on the same test tokens and
+vocabulary; a model that does not beat it gets ``challenger`` in its own family, and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+from seqlab.errors import SeqLabError
+from seqlab.io import dvc_md5
+
+PREFIX = "seqlab-"
+CHAMPION, CHALLENGER = "champion", "challenger"
+GATE_TAG = "seqlab.gate"
+
+
+def registered_name(family: str) -> str:
+    return f"{PREFIX}{family}"
+
+
+def neural_family(kind: str, rnn: str, attention: str) -> str:
+    """``transformer``, ``lstm`` / ``gru`` (no attention) or ``lstm_attention`` / ``gru_attention``."""
+    if kind == "transformer":
+        return "transformer"
+    return rnn if attention == "none" else f"{rnn}_attention"
+
+
+def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path, commit: str | None) -> dict[str, str]:
+    """What a registered version was built from and how it scored (``summary`` is its scores.json)."""
+    return {
+        "model": summary["model"],
+        "git_commit": commit or "unknown",
+        "data_hash": dvc_md5(tokens_dir),
+        "vocab_sha256": summary["vocab_sha256"],
+        "test_fingerprint": summary["test"]["fingerprint"],
+        "test_tokens": str(summary["test"]["tokens"]),
+        "valid_ppl": repr(summary["valid"]["ppl"]),
+        "test_ppl": repr(summary["test"]["ppl"]),
+        "model_hash": dvc_md5(model_dir),
+    }
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    version: str
+    tags: Mapping[str, str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version} ({self.tags.get('model', '?')})"
+
+    @property
+    def test_ppl(self) -> float:
+        try:
+            return float(self.tags["test_ppl"])
+        except (KeyError, ValueError):
+            return math.inf
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Literal["promoted", "challenger", "kept"]
+    reason: str
+    candidate: Version
+    champion: Version | None  # before the gate
+
+    def as_dict(self) -> dict:
+        side = lambda v: v and {"registered_model": v.name, "version": v.version, "model": v.tags.get("model"), "test_ppl": v.test_ppl}  # noqa: E731
+        return {"outcome": self.outcome, "reason": self.reason, "candidate": side(self.candidate), "champion_before": side(self.champion)}
+
+
+def decide(candidate: Version, champion: Version | None, on_new_test_set: str = "challenger") -> Decision:
+    """The gate, on data alone: promote, make a challenger, or keep things as they are."""
+    if champion is None:
+        return Decision("promoted", "there was no champion", candidate, None)
+    if (candidate.name, candidate.version) == (champion.name, champion.version):
+        return Decision("kept", f"{candidate.label} is already the champion", candidate, champion)
+    if candidate.tags.get("model_hash") == champion.tags.get("model_hash"):
+        return Decision("kept", f"the champion {champion.label} is the same model (same files)", candidate, champion)
+    comparable = all(candidate.tags.get(k) == champion.tags.get(k) for k in ("test_fingerprint", "vocab_sha256"))
+    if not comparable:
+        why = f"the champion {champion.label} was scored on other test tokens or another vocabulary"
+        if on_new_test_set == "promote":
+            return Decision("promoted", f"{why} (register.on_new_test_set: promote)", candidate, champion)
+        return Decision("challenger", f"{why}, so they cannot be compared; set register.on_new_test_set: promote to replace it",
+                        candidate, champion)
+    if candidate.test_ppl < champion.test_ppl:
+        return Decision("promoted", f"test ppl {candidate.test_ppl:.4f} beats the champion {champion.label} at {champion.test_ppl:.4f}",
+                        candidate, champion)
+    return Decision("challenger", f"test ppl {candidate.test_ppl:.4f} does not beat the champion {champion.label} at "
+                    f"{champion.test_ppl:.4f}", candidate, champion)
+
+
+def find_version(client, name: str, model_dir: str | Path) -> Version:
+    """The newest version of ``name`` registered from the files now in ``model_dir``."""
+    digest = dvc_md5(model_dir)
+    found = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("model_hash") == digest]
+    if not found:
+        raise SeqLabError(f"{model_dir}: no version of {name} in the registry was built from these files "
+                          "(built with another tracking store?); rebuild it with `dvc repro -f` on its stage")
+    newest = max(found, key=lambda v: int(v.version))
+    return Version(name, str(newest.version), dict(newest.tags))
+
+
+def current_champion(client) -> Version | None:
+    """The version holding ``champion`` among the ``seqlab-*`` registered models, if any."""
+    holders = []
+    for model in client.search_registered_models(f"name LIKE '{PREFIX}%'"):
+        if CHAMPION in model.aliases:
+            holders.append(client.get_model_version_by_alias(model.name, CHAMPION))
+    if len(holders) > 1:
+        names = ", ".join(f"{v.name} v{v.version}" for v in holders)
+        raise SeqLabError(f"registry: more than one model holds the alias {CHAMPION} ({names}); remove all but one in the MLflow UI")
+    return Version(holders[0].name, str(holders[0].version), dict(holders[0].tags)) if holders else None
+
+
+def apply(client, decision: Decision) -> None:
+    """Move the aliases as ``decision`` says and tag the candidate with the outcome and reason."""
+    candidate, champion = decision.candidate, decision.champion
+    if decision.outcome == "promoted":
+        if champion is not None and champion.name != candidate.name:
+            client.delete_registered_model_alias(champion.name, CHAMPION)
+        client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
+        aliases = client.get_registered_model(candidate.name).aliases
+        if aliases.get(CHALLENGER) == candidate.version:
+            client.delete_registered_model_alias(candidate.name, CHALLENGER)
+    elif decision.outcome == "challenger":
+        client.set_registered_model_alias(candidate.name, CHALLENGER, candidate.version)
+    client.set_model_version_tag(candidate.name, candidate.version, GATE_TAG, f"{decision.outcome}: {decision.reason}")
+
+
+def describe(decision: Decision) -> str:
+    c = decision.candidate
+    if decision.outcome == "promoted":
+        return f"register: {c.label} is the new {CHAMPION}: {decision.reason}"
+    if decision.outcome == "challenger":
+        return f"register: {c.label} is the {CHALLENGER}: {decision.reason}"
+    return f"register: {CHAMPION} unchanged: {decision.reason}"
+
