@@ -22,5 +22,4 @@ test: setup
 	. $(BIN)/activate && python -m pytest
 
 ui: setup
-	. $(BIN)/activate && mlflow ui --host 127.0.0.1 --port 5000 \
-		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
+	. $(BIN)/activate && seqlab ui --port 5000

@@ -124,3 +124,28 @@ def test_dotted_overrides_go_in_before_validation():
         load_params(REPO / "params.yaml", {"train.lr": -1.0})
     with pytest.raises(SeqLabError, match=r"params.yaml: trian.lr: no section 'trian' to override"):
         load_params(REPO / "params.yaml", {"trian.lr": 0.01})
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda p: p.update(baselines={}), "baselines: at least one entry (the leaderboard compares the tuned model with them)"),
+    (lambda p: p["baselines"].update(Plain={"model": {"attention": "none"}}), "baselines.Plain: a name is lower-case letters, digits and _"),
+    (lambda p: p["baselines"].update(lstm={"model": {"atention": "none"}}),
+     "baselines.lstm.model.atention: unknown key (changes apply to model and train)"),
+    (lambda p: p["baselines"].update(lstm={"tokenize": {"kind": "char"}}),
+     "baselines.lstm.tokenize.kind: unknown key (changes apply to model and train)"),
+    (lambda p: p["baselines"].update(lstm={"model": "none"}), "baselines.lstm.model: expected a mapping of keys to values"),
+    (lambda p: p["baselines"].update(lstm={"train": {"lr": -1.0}}), "baselines.lstm: lr: Input should be greater than 0 (got -1.0)"),
+    (lambda p: p["hybrid"].update(ngram="kenlm"), "hybrid.ngram: 'kenlm' is not among ngram.estimators"),
+    (lambda p: p["register"].update(on_new_test_set="always"), "register.on_new_test_set: Input should be 'challenger' or 'promote'"),
+])
+def test_baseline_hybrid_and_register_checks(tmp_path, change, expected):
+    path = write_params(tmp_path, change)
+    assert error_of(path).startswith(f"{path}: {expected}")
+
+
+def test_baselines_are_the_tuned_sections_with_their_changes():
+    from seqlab.config import dotted, with_changes
+
+    params = load_params(REPO / "params.yaml")
+    plain = with_changes(params, dotted(params.baselines["lstm"], "baselines.lstm"), "baselines.lstm")
+    assert plain.model.attention == "none" and plain.model.hidden_dim == params.model.hidden_dim and plain.train == params.train

@@ -10,7 +10,7 @@ from PIL import Image
 
 from seqlab.cli import main
 from seqlab.evaluate import eval_set
-from seqlab.generate import Loaded, generate, load
+from seqlab.generate import generate, load
 from seqlab.models import ModelConfig, build
 from seqlab.models.checkpoint import save_checkpoint
 from seqlab.tokenize import WordTokenizer, save_tokenizer
@@ -132,3 +132,35 @@ def test_a_plain_lstm_has_no_heatmap_to_draw(in_project, capsys):
         main(["generate", "--model", "plain.pt", "--prompt", "the", "--visualize", "x.png"])
     assert "this model has no attention to draw (model.attention: none)" in capsys.readouterr().err
     assert not (in_project / "x.png").exists()
+
+
+def test_every_kind_of_model_predicts_and_only_neural_ones_generate(in_project, capsys):
+    import json
+
+    from seqlab.hybrid import spec
+    from seqlab.ngram import count, estimate
+    from seqlab.ngram.model_file import save_model
+    from seqlab.vocab import BOS, load_vocab
+
+    vocab = load_vocab("data/vocab")
+    tokenizer = WordTokenizer(r"\w+|[^\w\s]", False)
+    segments = eval_set([tokenizer.tokenize(line) for line in LINES * 30], vocab, 0).segments
+    model = estimate("mkn", count(segments, 3, len(vocab)), len(vocab), vocab.index[BOS])
+    Path("models/ngram").mkdir(parents=True, exist_ok=True)
+    save_model(model, "models/ngram/model.npz", vocab.sha256)
+    Path("models/hybrid").mkdir(parents=True, exist_ok=True)
+    parts = [("lstm-dot", Path("models/neural/model.pt")), ("ngram-mkn-3", Path("models/ngram/model.npz"))]
+    Path("models/hybrid/hybrid.json").write_text(json.dumps(spec(parts, [0.25, 0.75], 3)))
+    seen = {}
+    for path in ("models/neural/model.pt", "models/ngram/model.npz", "models/hybrid"):
+        main(["predict", "--model", path, "--context", "the cat sat on the", "--top-k", "0"])
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+        seen[path] = {token: float(p) for p, token in rows}
+        assert sum(seen[path].values()) == pytest.approx(1.0, abs=1e-5)  # the whole vocabulary, summing to 1
+    for token in ("mat", "log"):
+        mixed = 0.25 * seen["models/neural/model.pt"][token] + 0.75 * seen["models/ngram/model.npz"][token]
+        assert seen["models/hybrid"][token] == pytest.approx(mixed, abs=2e-6)  # printed with 6 decimals
+    for path in ("models/ngram/model.npz", "models/hybrid"):
+        with pytest.raises(SystemExit):
+            main(["generate", "--model", path, "--prompt", "the"])
+        assert capsys.readouterr().err.strip() == f"error: {path}: generation needs a neural model (this is an n-gram model or a hybrid); `seqlab predict` works with every model"

@@ -47,3 +47,8 @@ def test_learning_curves_put_each_model_in_a_column_by_epoch(tmp_path):
     assert frame.transformer.tolist()[:2] == [120.0, 110.0] and pd.isna(frame.transformer.iloc[2])  # stopped early
     plot_learning_curves(curves, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_models_of_one_name_are_refused():
+    with pytest.raises(SeqLabError, match="models/a and models/b are both named 'lstm'"):
+        leaderboard({"models/a": summary("ngram-kn-2", 50.0) | {"model": "lstm"}, "models/b": summary("ngram-kn-3", 40.0) | {"model": "lstm"}})

@@ -379,6 +379,39 @@ def test_an_identical_rerun_leaves_the_champion_untouched(project):
     assert json.loads((project / "metrics" / "register.json").read_text())["outcome"] == "kept"
 
 
+def test_the_mlflow_ui_shows_every_model_and_the_champion_in_a_browser(project, tmp_path):
+    import socket
+
+    import psutil
+
+    from seqlab import ui
+
+    if not (os.environ.get("SEQLAB_CHROMIUM") or shutil.which("chromium")):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it with apt-get")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    client = registry(project)
+    experiment = client.get_experiment_by_name("seqlab").experiment_id
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ui.serve(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", port)
+    try:
+        processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        listening = {c.laddr for p in processes for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert listening and {address.ip for address in listening} == {"127.0.0.1"}  # never all interfaces
+        seen = ui.look(f"http://127.0.0.1:{port}", experiment, "hybrid", tmp_path / "runs.png")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lines = set(seen.runs.splitlines())
+    assert {"hybrid", "train lstm-dot", "train lstm", "train transformer", "ngram mkn-3"} <= lines  # every family's run ...
+    assert set(ui.COLUMNS) <= lines  # ... under the same metric and param names
+    name, version = champion_of(client)
+    assert "champion" in seen.models and name in seen.models.splitlines()
+    assert (tmp_path / "runs.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # --- bad input: one line naming the file and key, non-zero exit, no partial output ------------------
 
 

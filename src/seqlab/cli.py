@@ -8,6 +8,8 @@
     seqlab generate --model PATH_OR_URI --prompt "To be or not to be" [--max-tokens 60]
             [--temperature 0.8] [--top-k 40] [--seed 1] [--visualize attention.png]
         sample a continuation from a neural model; optionally draw the attention weights as a heatmap
+    seqlab ui [--port 5000] [--screenshot docs/mlflow-runs.png]
+        the MLflow UI on 127.0.0.1 over the project's tracking store
 
 A model is a file of the project (default ``models/neural/model.pt``; also ``model.npz``, ``hybrid.json``
 or a model directory) or an MLflow model URI such as ``models:/seqlab-hybrid@champion``.
@@ -71,6 +73,33 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"attention heatmap: {args.visualize}", file=sys.stderr)
 
 
+def _ui(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from seqlab import ui
+    from seqlab.config import load_params
+    from seqlab.tracking import project_root, tracking_uri
+
+    uri = tracking_uri(project_root())
+    server = ui.serve(uri, args.port)
+    base = f"http://{ui.HOST}:{args.port}"
+    try:
+        if args.screenshot is None:
+            print(f"MLflow UI on {base} (Ctrl-C to stop)")
+            server.wait()
+            return
+        mlflow.set_tracking_uri(uri)
+        name = load_params("params.yaml").tracking.experiment
+        experiment = mlflow.MlflowClient().get_experiment_by_name(name)
+        if experiment is None:
+            raise SeqLabError(f"{uri}: no experiment {name!r} (params.yaml: tracking.experiment); run `dvc repro` first")
+        ui.look(base, experiment.experiment_id, "hybrid", args.screenshot)
+        print(f"screenshot of {ui.runs_url(base, experiment.experiment_id)}: {args.screenshot}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _neural_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/neural/model.pt", help="model file or directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
     parser.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory (for a checkpoint path)")
@@ -102,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--visualize", type=Path, default=None, metavar="PNG", help="write a heatmap of the attention weights")
     gen.set_defaults(run=_generate)
+    show = commands.add_parser("ui", help="the MLflow UI over the project's runs, on 127.0.0.1")
+    show.add_argument("--port", type=int, default=5000)
+    show.add_argument("--screenshot", type=Path, default=None, metavar="PNG",
+                      help="save the runs page (sorted by test_ppl) from headless Chromium and stop")
+    show.set_defaults(run=_ui)
     args = parser.parse_args(argv)
     args.run(args)
 

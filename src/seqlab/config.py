@@ -236,6 +236,8 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
+        if not self.baselines:
+            raise ValueError("baselines: at least one entry (the leaderboard compares the tuned model with them)")
         for name, changes in self.baselines.items():
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"baselines.{name}: a name is lower-case letters, digits and _")

@@ -22,6 +22,11 @@ def leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
         if len(seen) != 1:
             raise SeqLabError(f"{' and '.join(sorted(seen.values()))} were scored on different {key} tokens; rerun `dvc repro`"
                               if key == "test" else f"{' and '.join(sorted(seen.values()))} use different vocabularies; rerun `dvc repro`")
+    names: dict[str, str] = {}
+    for folder, s in summaries.items():
+        if s["model"] in names:
+            raise SeqLabError(f"{names[s['model']]} and {folder} are both named {s['model']!r}; give the baseline another name in params.yaml")
+        names[s["model"]] = folder
     rows = []
     for folder, s in summaries.items():
         row = {"model": s["model"], "family": s["family"], "estimator": s["estimator"], "order": s["order"],

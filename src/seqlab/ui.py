@@ -1,0 +1,100 @@
+"""The MLflow UI: a server on 127.0.0.1 over the project's tracking store, and a look at it through a
+headless browser (the system's Chromium driven by Playwright; nothing is downloaded).
+
+``seqlab ui`` serves it; ``seqlab ui --screenshot docs/mlflow-runs.png`` saves what a person sees:
+every model run of the experiment sorted by ``test_ppl``, each family's runs lined up under the same
+metric names, and the registered models with the ``champion`` alias.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from seqlab.errors import SeqLabError
+
+HOST = "127.0.0.1"  # never all interfaces: the store holds models and data hashes
+
+
+def serve(tracking_uri: str, port: int, timeout: float = 90.0) -> subprocess.Popen:
+    """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri``; return once it answers."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+               "--host", HOST, "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            last = (server.stderr.read().strip().splitlines() or ["no output"])[-1]
+            raise SeqLabError(f"mlflow server on {HOST}:{port} stopped at start: {last}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    server.terminate()
+    raise SeqLabError(f"mlflow server on {HOST}:{port} did not answer within {timeout:.0f} s")
+
+
+def chromium() -> str:
+    """The browser: ``SEQLAB_CHROMIUM``, else Debian's ``chromium`` on the PATH."""
+    path = os.environ.get("SEQLAB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        raise SeqLabError("chromium not found: install it (apt-get install chromium) or set SEQLAB_CHROMIUM")
+    return path
+
+
+@dataclass
+class Seen:
+    runs: str  # the text of the runs page, sorted by test_ppl
+    models: str  # the text of the registered models page
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs that have a test perplexity, best first."""
+    return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote('metrics.test_ppl > 0')}"
+            f"&orderByKey={quote('metrics.`test_ppl`')}&orderByAsc=true")
+
+
+COLUMNS = ("valid_ppl", "test_ppl", "test_xent_bits", "family")  # the same names in every family's runs
+
+
+def look(base: str, experiment_id: str, wait_for: str, screenshot: str | Path | None = None, timeout_ms: int = 60_000) -> Seen:
+    """Open the runs page and the registered models page in headless Chromium, wait until
+    ``wait_for`` shows on the runs page, show the ``COLUMNS`` there, and return both pages' text;
+    ``screenshot`` saves the runs page."""
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1900, "height": 900})
+            page.goto(runs_url(base, experiment_id))
+            page.get_by_text(wait_for, exact=True).first.wait_for(timeout=timeout_ms)
+            close = page.get_by_role("button", name="Close")  # the assistant side panel, if it opened
+            if close.count():
+                close.first.click()
+            page.get_by_role("button", name="Columns", exact=True).first.click()
+            for column in COLUMNS:
+                page.get_by_text(column, exact=True).first.click()
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Toggle sidebar").click()
+            page.wait_for_timeout(1000)
+            runs = page.inner_text("body")
+            if screenshot:
+                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot))
+            page.goto(f"{base}/#/models")
+            page.get_by_text("champion").first.wait_for(timeout=timeout_ms)
+            return Seen(runs, page.inner_text("body"))
+        except Error as err:  # the page never showed what it should: one line, not a driver traceback
+            raise SeqLabError(f"{base}: the MLflow UI did not show the expected page: {str(err).splitlines()[0]}") from None
+        finally:
+            browser.close()

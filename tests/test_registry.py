@@ -1,0 +1,122 @@
+"""The champion gate: its decisions on data, and the aliases it moves in a real MLflow registry."""
+
+import pytest
+
+from seqlab.errors import SeqLabError
+from seqlab.io import dvc_md5
+from seqlab.registry import Version, apply, current_champion, decide, describe, find_version, neural_family
+
+
+def version(name="seqlab-ngram", number="1", ppl=100.0, fingerprint="test-a", vocab="vocab-a", model_hash=None, model="m"):
+    return Version(name, number, {"test_ppl": repr(ppl), "test_fingerprint": fingerprint, "vocab_sha256": vocab,
+                                  "model_hash": model_hash or f"{name}/{number}", "model": model})
+
+
+def test_the_first_model_becomes_champion():
+    decision = decide(version(), None)
+    assert decision.outcome == "promoted" and decision.reason == "there was no champion"
+
+
+def test_a_lower_test_perplexity_on_the_same_test_set_takes_the_title():
+    decision = decide(version("seqlab-hybrid", ppl=90.0), version(ppl=100.0))
+    assert decision.outcome == "promoted"
+    assert decision.reason == "test ppl 90.0000 beats the champion seqlab-ngram v1 (m) at 100.0000"
+
+
+@pytest.mark.parametrize("ppl", [100.0, 120.0])
+def test_a_tie_or_worse_is_a_challenger_and_says_why(ppl):
+    decision = decide(version(number="2", ppl=ppl), version(ppl=100.0))
+    assert decision.outcome == "challenger"
+    assert decision.reason == f"test ppl {ppl:.4f} does not beat the champion seqlab-ngram v1 (m) at 100.0000"
+    assert describe(decision).startswith("register: seqlab-ngram v2 (m) is the challenger: test ppl")
+
+
+def test_the_same_version_or_the_same_files_leave_the_champion_alone():
+    champion = version(ppl=100.0)
+    assert decide(champion, champion).outcome == "kept"
+    again = decide(version(number="7", ppl=100.0, model_hash="seqlab-ngram/1"), champion)
+    assert again.outcome == "kept" and "same model (same files)" in again.reason
+    assert describe(again).startswith("register: champion unchanged")
+
+
+@pytest.mark.parametrize("change", [{"fingerprint": "test-b"}, {"vocab": "vocab-b"}])
+def test_another_test_set_or_vocabulary_cannot_be_compared(change):
+    candidate = version("seqlab-hybrid", ppl=10.0, **change)
+    kept = decide(candidate, version(ppl=100.0))
+    assert kept.outcome == "challenger" and "other test tokens or another vocabulary" in kept.reason
+    assert "register.on_new_test_set: promote" in kept.reason
+    assert decide(candidate, version(ppl=100.0), on_new_test_set="promote").outcome == "promoted"
+
+
+def test_a_version_without_a_test_perplexity_never_wins():
+    assert Version("seqlab-ngram", "1", {}).test_ppl == float("inf")
+
+
+def test_neural_families():
+    assert neural_family("lstm_attention", "lstm", "dot") == "lstm_attention"
+    assert neural_family("lstm_attention", "gru", "none") == "gru"
+    assert neural_family("transformer", "lstm", "dot") == "transformer"
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def register(client, tmp_path, name, ppl, fingerprint="test-a"):
+    folder = tmp_path / f"{name}-{ppl}"
+    folder.mkdir()
+    (folder / "model.npz").write_text(f"{name} {ppl}")
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    created = client.create_model_version(name, source=folder.as_uri(), tags={
+        "test_ppl": repr(ppl), "test_fingerprint": fingerprint, "vocab_sha256": "v", "model_hash": dvc_md5(folder), "model": name})
+    return folder, created.version
+
+
+def gate(client, folder, name):
+    decision = decide(find_version(client, name, folder), current_champion(client))
+    apply(client, decision)
+    return decision
+
+
+def test_the_alias_moves_across_families_and_challengers_are_marked(client, tmp_path):
+    ngram, _ = register(client, tmp_path, "seqlab-ngram", 180.0)
+    assert gate(client, ngram, "seqlab-ngram").outcome == "promoted"
+    hybrid, hybrid_version = register(client, tmp_path, "seqlab-hybrid", 100.0)
+    assert gate(client, hybrid, "seqlab-hybrid").outcome == "promoted"
+    assert "champion" not in client.get_registered_model("seqlab-ngram").aliases  # one champion across families
+    assert client.get_model_version_by_alias("seqlab-hybrid", "champion").version == hybrid_version
+
+    worse, worse_version = register(client, tmp_path, "seqlab-hybrid", 101.0)
+    decision = gate(client, worse, "seqlab-hybrid")
+    assert decision.outcome == "challenger"
+    aliases = client.get_registered_model("seqlab-hybrid").aliases
+    assert aliases == {"champion": int(hybrid_version), "challenger": int(worse_version)}
+    tag = client.get_model_version("seqlab-hybrid", worse_version).tags["seqlab.gate"]
+    assert tag == "challenger: test ppl 101.0000 does not beat the champion seqlab-hybrid v1 (seqlab-hybrid) at 100.0000"
+
+    assert gate(client, hybrid, "seqlab-hybrid").outcome == "kept"  # the same files again
+    assert current_champion(client).version == str(hybrid_version)
+
+
+def test_a_model_the_registry_never_saw_is_one_line(client, tmp_path):
+    register(client, tmp_path, "seqlab-ngram", 180.0)
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "model.npz").write_text("never registered")
+    with pytest.raises(SeqLabError, match=r"unknown: no version of seqlab-ngram in the registry was built from these files"):
+        find_version(client, "seqlab-ngram", unknown)
+
+
+def test_two_champions_are_refused(client, tmp_path):
+    _, a = register(client, tmp_path, "seqlab-ngram", 180.0)
+    _, b = register(client, tmp_path, "seqlab-hybrid", 100.0)
+    client.set_registered_model_alias("seqlab-ngram", "champion", a)
+    client.set_registered_model_alias("seqlab-hybrid", "champion", b)
+    with pytest.raises(SeqLabError, match="more than one model holds the alias champion"):
+        current_champion(client)
