@@ -395,7 +395,7 @@ def test_the_mlflow_ui_shows_every_model_and_the_champion_in_a_browser(project, 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = ui.serve(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", port)
+    server = ui.serve(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", port, tmp_path / "server.log")
     try:
         processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
         listening = {c.laddr for p in processes for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}

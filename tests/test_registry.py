@@ -120,3 +120,15 @@ def test_two_champions_are_refused(client, tmp_path):
     client.set_registered_model_alias("seqlab-hybrid", "champion", b)
     with pytest.raises(SeqLabError, match="more than one model holds the alias champion"):
         current_champion(client)
+
+
+def test_a_challenger_promoted_later_loses_the_challenger_alias(client, tmp_path):
+    register(client, tmp_path, "seqlab-ngram", 100.0)
+    champion = gate(client, tmp_path / "seqlab-ngram-100.0", "seqlab-ngram")
+    assert champion.outcome == "promoted"
+    other, other_version = register(client, tmp_path, "seqlab-hybrid", 90.0, fingerprint="test-b")
+    assert gate(client, other, "seqlab-hybrid").outcome == "challenger"  # another test set: not comparable
+    decision = decide(find_version(client, "seqlab-hybrid", other), current_champion(client), on_new_test_set="promote")
+    apply(client, decision)
+    assert client.get_registered_model("seqlab-hybrid").aliases == {"champion": int(other_version)}
+    assert "champion" not in client.get_registered_model("seqlab-ngram").aliases

@@ -80,8 +80,11 @@ def _ui(args: argparse.Namespace) -> None:
     from seqlab.config import load_params
     from seqlab.tracking import project_root, tracking_uri
 
+    import tempfile
+
     uri = tracking_uri(project_root())
-    server = ui.serve(uri, args.port)
+    log = None if args.screenshot is None else Path(tempfile.mkdtemp()) / "mlflow-server.log"
+    server = ui.serve(uri, args.port, log)
     base = f"http://{ui.HOST}:{args.port}"
     try:
         if args.screenshot is None:

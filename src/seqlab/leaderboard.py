@@ -17,11 +17,12 @@ METRICS = ("ppl", "xent_nats", "xent_bits", "bits_per_char")
 def leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
     """One row per model from its folder's ``scores.json`` (``{folder: summary}``); refuses models
     scored on different test tokens or with another vocabulary."""
-    for key in ("test", "vocab"):
-        seen = {s["test"]["fingerprint"] if key == "test" else s["vocab_sha256"]: folder for folder, s in summaries.items()}
-        if len(seen) != 1:
-            raise SeqLabError(f"{' and '.join(sorted(seen.values()))} were scored on different {key} tokens; rerun `dvc repro`"
-                              if key == "test" else f"{' and '.join(sorted(seen.values()))} use different vocabularies; rerun `dvc repro`")
+    first, reference = next(iter(summaries.items()))
+    for folder, s in summaries.items():
+        if s["test"]["fingerprint"] != reference["test"]["fingerprint"]:
+            raise SeqLabError(f"{first} and {folder} were scored on different test tokens; rerun `dvc repro`")
+        if s["vocab_sha256"] != reference["vocab_sha256"]:
+            raise SeqLabError(f"{first} and {folder} use different vocabularies; rerun `dvc repro`")
     names: dict[str, str] = {}
     for folder, s in summaries.items():
         if s["model"] in names:

@@ -135,7 +135,7 @@ def apply(client, decision: Decision) -> None:
             client.delete_registered_model_alias(champion.name, CHAMPION)
         client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
         aliases = client.get_registered_model(candidate.name).aliases
-        if aliases.get(CHALLENGER) == candidate.version:
+        if str(aliases.get(CHALLENGER)) == candidate.version:
             client.delete_registered_model_alias(candidate.name, CHALLENGER)
     elif decision.outcome == "challenger":
         client.set_registered_model_alias(candidate.name, CHALLENGER, candidate.version)

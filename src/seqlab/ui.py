@@ -23,15 +23,21 @@ from seqlab.errors import SeqLabError
 HOST = "127.0.0.1"  # never all interfaces: the store holds models and data hashes
 
 
-def serve(tracking_uri: str, port: int, timeout: float = 90.0) -> subprocess.Popen:
-    """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri``; return once it answers."""
+def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: float = 90.0) -> subprocess.Popen:
+    """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri``, its output to ``log`` (a file)
+    or to this terminal; return once it answers."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                "--host", HOST, "--port", str(port), "--workers", "1"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = open(log, "w") if log else None
+    try:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out:
+            out.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            last = (server.stderr.read().strip().splitlines() or ["no output"])[-1]
+            last = (Path(log).read_text().strip().splitlines() or ["no output"])[-1] if log else f"exit status {server.returncode}"
             raise SeqLabError(f"mlflow server on {HOST}:{port} stopped at start: {last}")
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as answer:
