@@ -62,21 +62,26 @@ def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     ngram = board[board.family == "ngram"]
     for estimator, rows in ngram.groupby("estimator", sort=False):
         rows = rows[rows.test_ppl.map(math.isfinite)].sort_values("order")
         if len(rows):
             ax.plot(rows.order, rows.test_ppl, marker="o", label=estimator)
+    styles = ["--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
     for i, row in enumerate(board[board.family != "ngram"].itertuples()):
-        ax.axhline(row.test_ppl, linestyle="--", color=f"C{(len(ngram.estimator.unique()) + i) % 10}", label=f"{row.model} ({row.test_ppl:.1f})")
+        ax.axhline(row.test_ppl, linestyle=styles[i % len(styles)], linewidth=1.6,
+                   color=f"C{(len(ngram.estimator.unique()) + i) % 10}", label=f"{row.model} ({row.test_ppl:.1f})")
+    missing = sorted(set(ngram.estimator) - {e for e, rows in ngram.groupby("estimator") if rows.test_ppl.map(math.isfinite).any()})
     ax.set_yscale("log")
     ax.set_xticks(sorted(ngram.order.unique()))
     ax.set_xlabel("n-gram order")
     ax.set_ylabel("test perplexity (log scale)")
     ax.set_title(f"Perplexity on the same {int(board.test_tokens.iloc[0])} test tokens")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="model", fontsize="small")
+    if missing:
+        ax.plot([], [], linestyle="none", label=f"{', '.join(missing)}: inf (unseen n-grams)")
+    ax.legend(title="model", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
