@@ -372,10 +372,17 @@ def test_the_champion_is_the_best_model_and_predicts_from_the_registry(project):
 
 def test_an_identical_rerun_leaves_the_champion_untouched(project):
     client = registry(project)
-    before = champion_of(client)
-    result = dvc(project, "repro", "-f", "hybrid", "evaluate", "register")  # a new hybrid version, the same files
-    assert "register: champion unchanged" in result.stdout
-    assert champion_of(client) == before
+    name, version = champion_of(client)
+    folder = pd.read_csv(project / "metrics" / "leaderboard.csv").path.iloc[0]
+    kind, _, rest = folder.removeprefix("models/").partition("/")
+    stage = {"ngram": f"ngram@{rest}", "baselines": f"baseline@{rest}", "neural": "train", "hybrid": "hybrid"}[kind]
+    count = len(client.search_model_versions(f"name = '{name}'"))
+    dvc(project, "repro", "-f", "-s", stage)  # the champion's stage again: the same files, a new version
+    assert len(client.search_model_versions(f"name = '{name}'")) == count + 1
+    result = dvc(project, "repro", "-f", "-s", "register")
+    assert f"register: champion unchanged: the champion {name} v{version} " in result.stdout
+    assert "is the same model (same files)" in result.stdout
+    assert champion_of(client) == (name, version)
     assert json.loads((project / "metrics" / "register.json").read_text())["outcome"] == "kept"
 
 
