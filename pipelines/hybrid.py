@@ -36,8 +36,8 @@ def main() -> None:
         ngram_dir, ngram = best_on_valid([f"models/ngram/{params.hybrid.ngram}-{order}" for order in params.ngram.orders])
         files = [f"{neural_dir}/model.pt", f"{ngram_dir}/model.npz"]
         names = [neural["model"], ngram["model"]]
-        window = TrainConfig(**params.train.model_dump()).eval_window
-        parts = [Remembered(open_model(f, vocab, params.train.eval_batch_size, window)) for f in files]
+        scoring = TrainConfig(**neural["train"])  # score the neural part as its own stage did
+        parts = [Remembered(open_model(f, vocab, scoring.eval_batch_size, scoring.eval_window)) for f in files]
         valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("valid", "test"))
         print(f"hybrid: {names[0]} (valid ppl {neural['valid']['ppl']:.2f}) with {names[1]} (valid ppl {ngram['valid']['ppl']:.2f})")
         on = {name: [part.log_probs(data.segments)[data.scored] for part in parts] for name, data in (("valid", valid), ("test", test))}

@@ -164,3 +164,9 @@ def test_every_kind_of_model_predicts_and_only_neural_ones_generate(in_project, 
         with pytest.raises(SystemExit):
             main(["generate", "--model", path, "--prompt", "the"])
         assert capsys.readouterr().err.strip() == f"error: {path}: generation needs a neural model (this is an n-gram model or a hybrid); `seqlab predict` works with every model"
+
+
+def test_a_negative_top_k_is_one_line(in_project, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--context", "the", "--top-k", "-1"])
+    assert capsys.readouterr().err.strip() == "error: --top-k must be 0 (all) or more (got -1)"

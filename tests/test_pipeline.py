@@ -409,8 +409,7 @@ def test_the_mlflow_ui_shows_every_model_and_the_champion_in_a_browser(project, 
         assert listening and {address.ip for address in listening} == {"127.0.0.1"}  # never all interfaces
         seen = ui.look(f"http://127.0.0.1:{port}", experiment, "hybrid", tmp_path / "runs.png")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        ui.stop(server)
     lines = set(seen.runs.splitlines())
     assert {"hybrid", "train lstm-dot", "train lstm", "train transformer", "ngram mkn-3"} <= lines  # every family's run ...
     assert set(ui.COLUMNS) <= lines  # ... under the same metric and param names

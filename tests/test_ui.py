@@ -14,8 +14,16 @@ def test_a_port_in_use_stops_with_one_line(tmp_path):
         taken.bind((ui.HOST, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(SeqLabError, match=rf"^mlflow server on 127.0.0.1:{port} stopped at start: "):
+        with pytest.raises(SeqLabError, match=rf"^127.0.0.1:{port} is in use \(another MLflow UI\?\); choose another --port$"):
             ui.serve(f"sqlite:///{tmp_path / 'mlflow.db'}", port, tmp_path / "server.log", timeout=60)
+
+
+def test_a_server_that_cannot_start_is_one_line(tmp_path):
+    with socket.socket() as probe:
+        probe.bind((ui.HOST, 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SeqLabError, match=rf"^mlflow server on 127.0.0.1:{port} stopped at start: "):
+        ui.serve("nonsense://nowhere", port, tmp_path / "server.log", timeout=60)
 
 
 def test_no_browser_is_one_line(monkeypatch, tmp_path):

@@ -74,33 +74,39 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _ui(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
     import mlflow
 
     from seqlab import ui
     from seqlab.config import load_params
     from seqlab.tracking import project_root, tracking_uri
 
-    import tempfile
-
     uri = tracking_uri(project_root())
-    log = None if args.screenshot is None else Path(tempfile.mkdtemp()) / "mlflow-server.log"
-    server = ui.serve(uri, args.port, log)
     base = f"http://{ui.HOST}:{args.port}"
+    if args.screenshot is None:
+        server = ui.serve(uri, args.port)
+        print(f"MLflow UI on {base} (Ctrl-C to stop)")
+        try:
+            if server.wait() != 0:
+                raise SeqLabError(f"mlflow server on {ui.HOST}:{args.port} stopped with exit status {server.returncode}")
+        finally:
+            ui.stop(server)
+        return
+    mlflow.set_tracking_uri(uri)
+    name = load_params("params.yaml").tracking.experiment
+    experiment = mlflow.MlflowClient().get_experiment_by_name(name)
+    if experiment is None:
+        raise SeqLabError(f"{uri}: no experiment {name!r} (params.yaml: tracking.experiment); run `dvc repro` first")
+    logs = tempfile.mkdtemp()
+    server = ui.serve(uri, args.port, Path(logs) / "mlflow-server.log")
     try:
-        if args.screenshot is None:
-            print(f"MLflow UI on {base} (Ctrl-C to stop)")
-            server.wait()
-            return
-        mlflow.set_tracking_uri(uri)
-        name = load_params("params.yaml").tracking.experiment
-        experiment = mlflow.MlflowClient().get_experiment_by_name(name)
-        if experiment is None:
-            raise SeqLabError(f"{uri}: no experiment {name!r} (params.yaml: tracking.experiment); run `dvc repro` first")
         ui.look(base, experiment.experiment_id, "hybrid", args.screenshot)
-        print(f"screenshot of {ui.runs_url(base, experiment.experiment_id)}: {args.screenshot}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        ui.stop(server)
+        shutil.rmtree(logs, ignore_errors=True)
+    print(f"screenshot of {ui.runs_url(base, experiment.experiment_id)}: {args.screenshot}")
 
 
 def _neural_options(parser: argparse.ArgumentParser) -> None:

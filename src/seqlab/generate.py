@@ -110,6 +110,8 @@ def next_log_probs(loaded: Loaded, ids: list[int], scorer: LanguageModel | None 
 
 def predict(loaded: Loaded, context: str, top_k: int = 5) -> list[tuple[str, float]]:
     """The ``top_k`` most likely next tokens after ``context`` (0: all) and their probabilities."""
+    if top_k < 0:
+        raise SeqLabError(f"--top-k must be 0 (all) or more (got {top_k})")
     probs = np.exp(next_log_probs(loaded, encode_prompt(loaded, context)))
     best = np.argsort(-probs, kind="stable")[: top_k or None]
     return [(loaded.vocab.tokens[i], float(probs[i])) for i in best]

@@ -130,10 +130,10 @@ def current_champion(client) -> Version | None:
 def apply(client, decision: Decision) -> None:
     """Move the aliases as ``decision`` says and tag the candidate with the outcome and reason."""
     candidate, champion = decision.candidate, decision.champion
-    if decision.outcome == "promoted":
+    if decision.outcome == "promoted":  # set the new alias first: a failure in between leaves two, never none
+        client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
         if champion is not None and champion.name != candidate.name:
             client.delete_registered_model_alias(champion.name, CHAMPION)
-        client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
         aliases = client.get_registered_model(candidate.name).aliases
         if str(aliases.get(CHALLENGER)) == candidate.version:
             client.delete_registered_model_alias(candidate.name, CHALLENGER)

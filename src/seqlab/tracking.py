@@ -128,6 +128,8 @@ class StageRun:
         from mlflow.models import infer_signature
         from mlflow.pyfunc import log_model
 
+        import torch
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             signature = infer_signature(input_example, params=dict(params))
@@ -136,8 +138,8 @@ class StageRun:
                 python_model=str(model_code),
                 artifacts=dict(artifacts),
                 code_paths=[str(Path(seqlab.__file__).parent)],
-                signature=signature,
-                pip_requirements=["numpy", "pandas", "pyyaml", "pydantic"],
+                signature=signature,  # seqlab's loader imports torch (a hybrid's neural part needs it)
+                pip_requirements=["numpy", "pandas", "pyyaml", "pydantic", f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=registered_name,
             )
         return self._tag_version(registered_name, str(info.registered_model_version), tags)

@@ -26,6 +26,13 @@ HOST = "127.0.0.1"  # never all interfaces: the store holds models and data hash
 def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: float = 90.0) -> subprocess.Popen:
     """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri``, its output to ``log`` (a file)
     or to this terminal; return once it answers."""
+    import socket
+
+    with socket.socket() as probe:  # a server already there would answer the health check for ours
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise SeqLabError(f"{HOST}:{port} is in use (another MLflow UI?); choose another --port") from None
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                "--host", HOST, "--port", str(port), "--workers", "1"]
     out = open(log, "w") if log else None
@@ -41,12 +48,21 @@ def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: 
             raise SeqLabError(f"mlflow server on {HOST}:{port} stopped at start: {last}")
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
+                if answer.status == 200 and server.poll() is None:
                     return server
         except OSError:
             time.sleep(0.5)
-    server.terminate()
+    stop(server)
     raise SeqLabError(f"mlflow server on {HOST}:{port} did not answer within {timeout:.0f} s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def chromium() -> str:
@@ -78,9 +94,13 @@ def look(base: str, experiment_id: str, wait_for: str, screenshot: str | Path | 
     ``screenshot`` saves the runs page."""
     from playwright.sync_api import Error, sync_playwright
 
+    from seqlab.io import atomic_path
+
+    executable = chromium()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), headless=True)
+        browser = None
         try:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True)
             page = browser.new_page(viewport={"width": 1900, "height": 900})
             page.goto(runs_url(base, experiment_id))
             page.get_by_text(wait_for, exact=True).first.wait_for(timeout=timeout_ms)
@@ -94,13 +114,16 @@ def look(base: str, experiment_id: str, wait_for: str, screenshot: str | Path | 
             page.get_by_role("button", name="Toggle sidebar").click()
             page.wait_for_timeout(1000)
             runs = page.inner_text("body")
-            if screenshot:
-                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot))
+            shot = page.screenshot() if screenshot else None
             page.goto(f"{base}/#/models")
             page.get_by_text("champion").first.wait_for(timeout=timeout_ms)
-            return Seen(runs, page.inner_text("body"))
-        except Error as err:  # the page never showed what it should: one line, not a driver traceback
+            seen = Seen(runs, page.inner_text("body"))
+        except Error as err:  # no browser, or the page never showed what it should: one line, not a traceback
             raise SeqLabError(f"{base}: the MLflow UI did not show the expected page: {str(err).splitlines()[0]}") from None
         finally:
-            browser.close()
+            if browser is not None:
+                browser.close()
+    if shot is not None:  # written only once both pages were seen
+        with atomic_path(screenshot) as tmp:
+            tmp.write_bytes(shot)
+    return seen
