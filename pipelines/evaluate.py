@@ -16,7 +16,7 @@ def main() -> None:
     params = stage.params()
     grid = params.ngram
     with stage.tracked("evaluate", params, "ngram", "baselines") as run:
-        neural = {"tuned": "models/neural", **{name: f"models/baselines/{name}" for name in params.baselines}}
+        neural = stage.neural_folders(params)
         folders = [f"models/ngram/{e}-{o}" for e in grid.estimators for o in grid.orders] + [*neural.values(), "models/hybrid"]
         summaries = {folder: read_json(f"{folder}/scores.json") for folder in folders}
         board = leaderboard(summaries)

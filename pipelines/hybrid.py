@@ -2,23 +2,18 @@
 best hybrid.ngram model on valid, the weight fitted on valid -> models/hybrid/ (hybrid.json, scores.json),
 plots/hybrid.png."""
 
-from pathlib import Path
-
 import pandas as pd
 
-import seqlab
 from seqlab import stage
 from seqlab.errors import exit_on_error
 from seqlab.evaluate import load_eval_set, open_model, score
 from seqlab.hybrid import Interpolated, Remembered, fit_weights, plot_weights, spec
 from seqlab.io import atomic_path, read_json, write_json
 from seqlab.registry import registered_name, version_tags
-from seqlab.tracking import git_commit, project_root
 from seqlab.train import TrainConfig
 from seqlab.vocab import load_vocab
 
 TOKENS, VOCAB, OUT, PLOT = "data/tokens", "data/vocab", "models/hybrid", "plots/hybrid.png"
-PYFUNC_CODE = Path(seqlab.__file__).parent / "pyfunc_model.py"
 
 
 def best_on_valid(folders: list[str]) -> tuple[str, dict]:
@@ -32,7 +27,7 @@ def main() -> None:
     params = stage.params()
     with stage.tracked("hybrid", params, "hybrid") as run:
         vocab = load_vocab(VOCAB)
-        neural_dir, neural = best_on_valid(["models/neural", *(f"models/baselines/{name}" for name in params.baselines)])
+        neural_dir, neural = best_on_valid(list(stage.neural_folders(params).values()))
         ngram_dir, ngram = best_on_valid([f"models/ngram/{params.hybrid.ngram}-{order}" for order in params.ngram.orders])
         files = [f"{neural_dir}/model.pt", f"{ngram_dir}/model.npz"]
         names = [neural["model"], ngram["model"]]
@@ -60,13 +55,12 @@ def main() -> None:
         for artifact in (f"{OUT}/hybrid.json", f"{OUT}/scores.json", PLOT):
             run.log_artifact(artifact)
         version = run.log_pyfunc_model(
-            PYFUNC_CODE,
             {"hybrid": f"{OUT}/hybrid.json", "neural": files[0], "ngram": files[1], "vocab": VOCAB, "tokenizer": f"{TOKENS}/tokenizer.json"},
             registered_name("hybrid"),
             pd.DataFrame({"context": ["<s> to be or not to"]}),
             {"top_k": 10},
             {"parts": ", ".join(f"{name}={w:.4f}" for name, w in zip(names, weights)),
-             **version_tags(summary, OUT, TOKENS, git_commit(project_root()))},
+             **version_tags(summary, OUT, TOKENS)},
         )
         run.tag_data_hashes("deps", [TOKENS, VOCAB, neural_dir, ngram_dir])
         run.tag_data_hashes("outs", [OUT])

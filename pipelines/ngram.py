@@ -4,11 +4,9 @@ import argparse
 import resource
 import time
 import warnings
-from pathlib import Path
 
 import pandas as pd
 
-import seqlab
 from seqlab import stage
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.evaluate import load_eval_set, score
@@ -17,11 +15,9 @@ from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
 from seqlab.registry import registered_name, version_tags
-from seqlab.tracking import git_commit, project_root
 from seqlab.vocab import BOS, load_vocab
 
 TOKENS, VOCAB = "data/tokens", "data/vocab"
-PYFUNC_CODE = Path(seqlab.__file__).parent / "pyfunc_model.py"
 
 
 @exit_on_error
@@ -76,12 +72,11 @@ def main() -> None:
             run.log_artifact(f"{out}/model.arpa", compress=True)
         run.set_tag("seqlab.vocab_sha256", vocab.sha256)
         version = run.log_pyfunc_model(
-            PYFUNC_CODE,
             {"model": f"{out}/model.npz", "vocab": VOCAB, "tokenizer": f"{TOKENS}/tokenizer.json"},
             registered_name("ngram"),
             pd.DataFrame({"context": ["<s> to be or not to"]}),
             {"top_k": 10},
-            {"estimator": args.estimator, "order": str(args.order), **version_tags(summary, out, TOKENS, git_commit(project_root()))},
+            {"estimator": args.estimator, "order": str(args.order), **version_tags(summary, out, TOKENS)},
         )
         run.tag_data_hashes("deps", [TOKENS, VOCAB])
         run.tag_data_hashes("outs", [out])

@@ -26,7 +26,6 @@ from seqlab.models import build, config_from_params, count_parameters
 from seqlab.models.checkpoint import load_checkpoint
 from seqlab.models.scoring import NeuralLM, NextToken
 from seqlab.registry import neural_family, registered_name, version_tags
-from seqlab.tracking import git_commit, project_root
 from seqlab.train import TrainConfig, fingerprint, plot_learning_curve, train
 from seqlab.tune import tuned
 from seqlab.vocab import load_vocab
@@ -104,7 +103,7 @@ def main() -> None:
         example = torch.from_numpy(np.resize(valid.segments.ids, 16).reshape(2, 8))  # two 8-token contexts
         version = run.log_torch_model(
             NextToken(best), example, [f"{OUT}/model.pt", f"{VOCAB}/vocab.tsv", f"{VOCAB}/vocab.json", f"{TOKENS}/tokenizer.json"],
-            registered_name(family), version_tags(summary, OUT, TOKENS, git_commit(project_root())))
+            registered_name(family), version_tags(summary, OUT, TOKENS))
         run.tag_data_hashes("deps", [TOKENS, VOCAB])
         run.tag_data_hashes("outs", [OUT, METRICS, HISTORY, CURVE])
     shutil.rmtree(WORK, ignore_errors=True)

@@ -37,11 +37,13 @@ def neural_family(kind: str, rnn: str, attention: str) -> str:
     return rnn if attention == "none" else f"{rnn}_attention"
 
 
-def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path, commit: str | None) -> dict[str, str]:
+def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path) -> dict[str, str]:
     """What a registered version was built from and how it scored (``summary`` is its scores.json)."""
+    from seqlab.tracking import git_commit, project_root
+
     return {
         "model": summary["model"],
-        "git_commit": commit or "unknown",
+        "git_commit": git_commit(project_root()) or "unknown",
         "data_hash": dvc_md5(tokens_dir),
         "vocab_sha256": summary["vocab_sha256"],
         "test_fingerprint": summary["test"]["fingerprint"],

@@ -16,6 +16,11 @@ def params() -> Params:
     return load_params(PARAMS_FILE)
 
 
+def neural_folders(params: Params) -> dict[str, str]:
+    """Where the neural models are: ``tuned`` (the train stage) and each baseline, by name."""
+    return {"tuned": "models/neural", **{name: f"models/baselines/{name}" for name in params.baselines}}
+
+
 @contextlib.contextmanager
 def tracked(stage: str, params: Params, *sections: str) -> Iterator[StageRun]:
     """The stage's child run, logging the params ``sections`` it reads."""

@@ -120,10 +120,11 @@ class StageRun:
             self._mlflow.log_input(dataset, context=context)
 
     def log_pyfunc_model(
-        self, model_code: Path, artifacts: Mapping[str, str], registered_name: str, input_example, params: Mapping, tags: Mapping[str, str]
+        self, artifacts: Mapping[str, str], registered_name: str, input_example, params: Mapping, tags: Mapping[str, str]
     ) -> str:
-        """Log a pyfunc model from code (nothing pickled) with the seqlab package beside it, register
-        a new version of ``registered_name`` with ``tags``, and return the version number."""
+        """Log a pyfunc model from code (``seqlab/pyfunc_model.py``; nothing pickled) over ``artifacts``
+        with the seqlab package beside it, register a new version of ``registered_name`` with ``tags``,
+        and return the version number."""
         import seqlab
         from mlflow.models import infer_signature
         from mlflow.pyfunc import log_model
@@ -135,7 +136,7 @@ class StageRun:
             signature = infer_signature(input_example, params=dict(params))
             info = log_model(
                 name="model",
-                python_model=str(model_code),
+                python_model=str(Path(seqlab.__file__).parent / "pyfunc_model.py"),
                 artifacts=dict(artifacts),
                 code_paths=[str(Path(seqlab.__file__).parent)],
                 signature=signature,  # seqlab's loader imports torch (a hybrid's neural part needs it)
