@@ -15,7 +15,7 @@ PLOT, CURVES_PLOT = "plots/perplexity.png", "plots/learning_curves.png"
 def main() -> None:
     params = stage.params()
     grid = params.ngram
-    with stage.tracked("evaluate", params, "ngram", "baselines") as run:
+    with stage.tracked("evaluate", params, "ngram", "baselines", outs=(METRICS, LEADERBOARD, CURVES, PLOT, CURVES_PLOT)) as run:
         neural = stage.neural_folders(params)
         folders = [f"models/ngram/{e}-{o}" for e in grid.estimators for o in grid.orders] + [*neural.values(), "models/hybrid"]
         summaries = {folder: read_json(f"{folder}/scores.json") for folder in folders}

@@ -25,7 +25,7 @@ def best_on_valid(folders: list[str]) -> tuple[str, dict]:
 @exit_on_error
 def main() -> None:
     params = stage.params()
-    with stage.tracked("hybrid", params, "hybrid") as run:
+    with stage.tracked("hybrid", params, "hybrid", outs=(OUT, PLOT)) as run:
         vocab = load_vocab(VOCAB)
         neural_dir, neural = best_on_valid(list(stage.neural_folders(params).values()))
         ngram_dir, ngram = best_on_valid([f"models/ngram/{params.hybrid.ngram}-{order}" for order in params.ngram.orders])

@@ -32,7 +32,7 @@ def main() -> None:
         raise SeqLabError(f"order {args.order} is outside 1..{cfg.max_order} (params.yaml: ngram.orders, ngram.max_order)")
     name = f"{args.estimator}-{args.order}"
     out = f"models/ngram/{name}"
-    with stage.tracked(f"ngram {name}", params, "ngram") as run:
+    with stage.tracked(f"ngram {name}", params, "ngram", outs=(out,)) as run:
         vocab = load_vocab(VOCAB)
         train, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
         started = time.perf_counter()

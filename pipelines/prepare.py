@@ -28,7 +28,7 @@ def load(data):
 def main() -> None:
     params = stage.params()
     data = params.data
-    with stage.tracked("prepare", params, "data") as run:
+    with stage.tracked("prepare", params, "data", outs=(OUT,)) as run:
         corpus = load(data)
         manifest = {
             "source": data.source if data.source == "shakespeare" else f"{data.source}:{data.path}",

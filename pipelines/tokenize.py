@@ -15,7 +15,7 @@ IN, OUT = "data/prepared", "data/tokens"
 def main() -> None:
     params = stage.params()
     cfg = params.tokenize
-    with stage.tracked("tokenize", params, "tokenize") as run:
+    with stage.tracked("tokenize", params, "tokenize", outs=(OUT,)) as run:
         lines = {split: read_lines(f"{IN}/{split}.txt") for split in SPLITS}
         tokenizer = fit_tokenizer(
             cfg.kind, lines["train"], lowercase=cfg.lowercase, pattern=cfg.pattern, bpe_vocab_size=cfg.bpe_vocab_size

@@ -59,7 +59,7 @@ def main() -> None:
     cfg = TrainConfig(**params.train.model_dump())
     family = neural_family(config.kind, config.rnn, config.attention)
     name = args.baseline or (family if family in ("transformer", config.rnn) else f"{config.rnn}-{config.attention}")  # lstm-dot, ...
-    with stage.tracked(f"train {name}", params, "model", "train") as run:
+    with stage.tracked(f"train {name}", params, "model", "train", outs=(OUT, METRICS, HISTORY, CURVE)) as run:
         train_set, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
         torch.manual_seed(cfg.seed)
         model = build(config)

@@ -26,7 +26,7 @@ def main() -> None:
     space = load_space(tune, stage.PARAMS_FILE)
     model, train = params.model.model_dump(), params.train.model_dump()
     vocab = load_vocab(VOCAB)
-    with stage.tracked("tune", params, "tune") as run:
+    with stage.tracked("tune", params, "tune", outs=(BEST, METRICS, TRIALS, PLOT)) as run:
         if not space.dimensions:
             print("tune: optimization_config is empty; train uses params.yaml as is")
             table = pd.DataFrame(columns=["trial", "status", "epochs", "valid_ppl"])

@@ -13,7 +13,7 @@ IN, OUT, METRICS = "data/tokens", "data/vocab", "metrics/vocab.json"
 def main() -> None:
     params = stage.params()
     cfg = params.vocab
-    with stage.tracked("vocab", params, "vocab") as run:
+    with stage.tracked("vocab", params, "vocab", outs=(OUT, METRICS)) as run:
         train = read_stream(f"{IN}/train.txt")
         vocab = build_vocab(train, cfg.min_freq, cfg.max_size)
         metrics = {"vocab_size": len(vocab), "train_tokens": sum(map(len, train))}

@@ -75,9 +75,9 @@ def _loaded(scorer: LanguageModel, vocab: Vocab, tokenizer: Tokenizer) -> Loaded
 def _download(uri: str) -> Path:
     import mlflow
 
-    from seqlab.tracking import project_root, tracking_uri
+    from seqlab.tracking import connect
 
-    mlflow.set_tracking_uri(tracking_uri(project_root()))
+    connect()
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as err:  # MlflowException and storage errors alike: one line for the user

@@ -29,13 +29,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield staged
         if not staged.exists():
             raise RuntimeError(f"{target}: nothing was written")
-        _remove(target)
+        remove(target)
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _remove(path: Path) -> None:
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file or a directory tree, if there is one."""
+    path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from seqlab.config import Params, load_params
+from seqlab.io import remove
 from seqlab.tracking import StageRun, stage_run
 
 PARAMS_FILE = Path("params.yaml")
@@ -22,9 +23,18 @@ def neural_folders(params: Params) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tracked(stage: str, params: Params, *sections: str) -> Iterator[StageRun]:
-    """The stage's child run, logging the params ``sections`` it reads."""
+def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()) -> Iterator[StageRun]:
+    """The stage's child run, logging the params ``sections`` it reads.
+
+    If the block fails, the stage's ``outs`` it already wrote are removed: a failed stage (bad input,
+    a tracking server gone, an error after the first file) leaves none of its outputs, not some.
+    """
     everything = params.model_dump(by_alias=True, mode="json")
     mine = {section: everything[section] for section in sections}
-    with stage_run(stage, params.tracking.experiment, mine, everything) as run:
-        yield run
+    try:
+        with stage_run(stage, params.tracking.experiment, mine, everything) as run:
+            yield run
+    except BaseException:
+        for out in outs:
+            remove(out)
+        raise

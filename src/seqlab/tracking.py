@@ -17,8 +17,11 @@ import time
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
+from urllib.parse import urlsplit
 
+from seqlab.errors import SeqLabError
 from seqlab.io import dvc_md5
+from seqlab.net import unreachable
 
 PIPELINE_KEY_TAG = "seqlab.pipeline_key"
 
@@ -35,6 +38,46 @@ def local_store(root: Path) -> str:
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store(root)
+
+
+# MLflow retries an HTTP request 7 times over about 4 minutes, each try waiting up to 120 s. A stage
+# talking to a tracking server that has gone away gives up within about half a minute instead; the
+# MLFLOW_HTTP_REQUEST_* variables, when set, win.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_SECONDS = 5.0
+
+
+def connect(root: Path | None = None) -> str:
+    """Point MLflow at this project's store; a tracking server that does not answer is a one-line error in seconds."""
+    import mlflow
+
+    uri = tracking_uri(root or project_root())
+    url = urlsplit(uri)
+    if url.scheme in ("http", "https"):
+        for key, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(key, value)
+        if not url.hostname:
+            raise SeqLabError(f"MLFLOW_TRACKING_URI: {uri!r} names no host")
+        reason = unreachable(url.hostname, url.port or (443 if url.scheme == "https" else 80), PROBE_SECONDS)
+        if reason:
+            raise SeqLabError(f"MLFLOW_TRACKING_URI: the tracking server {uri} does not answer ({reason}); "
+                              "start it, or unset MLFLOW_TRACKING_URI to track in mlruns/")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@contextlib.contextmanager
+def tracking_errors(uri: str) -> Iterator[None]:
+    """MLflow and HTTP failures inside the block as one line naming the store."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SeqLabError(f"MLflow tracking at {uri}: {first[:400]}") from None
 
 
 def pipeline_key() -> str:
@@ -235,26 +278,32 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
     root = project_root()
-    uri = tracking_uri(root)
-    artifacts = None  # a tracking server decides where artifacts go
-    if uri == local_store(root):
-        (root / "mlruns").mkdir(exist_ok=True)
-        artifacts = (root / "mlruns" / "artifacts").as_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    experiment_id = _experiment_id(client, experiment, artifacts)
-    commit = git_commit(root)
-    tags = {"mlflow.source.git.commit": commit} if commit else {}
-    parent = _parent_run(client, experiment_id, all_params, tags)
-    tags |= {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
+    uri = connect(root)
+    with tracking_errors(uri):
+        artifacts = None  # a tracking server decides where artifacts go
+        if uri == local_store(root):
+            (root / "mlruns").mkdir(exist_ok=True)
+            artifacts = (root / "mlruns" / "artifacts").as_uri()
+        client = MlflowClient()
+        experiment_id = _experiment_id(client, experiment, artifacts)
+        commit = git_commit(root)
+        tags = {"mlflow.source.git.commit": commit} if commit else {}
+        parent = _parent_run(client, experiment_id, all_params, tags)
+        tags |= {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags)
     status = "FAILED"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
-        try:
+    try:
+        with tracking_errors(uri):
             mlflow.log_params(flatten(params))
             yield StageRun(mlflow, run.info.run_id, root)
-            status = "FINISHED"
-        finally:
+        status = "FINISHED"
+    finally:
+        try:
             mlflow.end_run(status)
             client.set_terminated(parent, status)
+        except Exception:
+            if status == "FINISHED":
+                with tracking_errors(uri):
+                    raise
+            # the stage's own error is the one to show; a store that is gone cannot mark the runs FAILED

@@ -137,6 +137,7 @@ def train(
     best, bad_epochs, epoch, step, state = math.inf, 0, 0, 0, None
     resumed_from, stopped_early, running = None, False, (0, 0.0, 0)  # tokens, loss sum, loss count this epoch
     best_path, resume_path = Path(workdir) / "best.pt", Path(workdir) / "last.pt"
+    saved_at: dict[Path, str] = {}  # the checkpoints this run can go back to, and when they were written
     if resume_path.exists():
         try:
             saved = torch.load(resume_path, map_location=device, weights_only=True)
@@ -155,6 +156,10 @@ def train(
             stopped_early, running = saved["stopped_early"], tuple(saved["running"])
             state = {k: v.to(device) for k, v in saved["state"].items()} if saved["state"] else None
             resumed_from = f"epoch {epoch + 1} step {step}"
+            print(f"{resume_path}: resuming from {resumed_from}")
+            saved_at[resume_path] = resumed_from if step else f"after epoch {epoch}"
+            if best_path.exists():
+                saved_at[best_path] = f"best, epoch {min(history, key=lambda e: e.valid_loss).epoch}" if history else "best"
             for record in history:
                 on_epoch(record)
         else:
@@ -170,6 +175,19 @@ def train(
             payload["cuda_rng"] = torch.cuda.get_rng_state()
         with atomic_path(resume_path) as tmp:
             torch.save(payload, tmp)
+        saved_at[resume_path] = f"epoch {epoch + 1} step {step}" if step else f"after epoch {epoch}"
+
+    def diverged(what: str, epoch: int, step: int) -> None:
+        kept = ", ".join(f"{path} ({when})" for path, when in saved_at.items()) or "none (none was written yet)"
+        raise SeqLabError(
+            f"training diverged: {what} at epoch {epoch + 1} step {step} (lr {optimizer.param_groups[0]['lr']:.3g}); "
+            f"nothing saved after it, the last good checkpoints stay: {kept}; lower params.yaml: train.lr or train.clip")
+
+    def check_weights(step: int) -> None:
+        """Finite weights before anything is saved, so a checkpoint is always one to go back to."""
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                diverged(f"weight {name} is not finite", epoch, step)
 
     while epoch < cfg.epochs and not stopped_early:
         model.train()
@@ -186,13 +204,16 @@ def train(
             with autocast(device, cfg.amp):
                 features, state, _ = model(x, _detach(state))
                 loss = -model.output.target_log_probs(features, y).mean()
+            value = loss.item()
+            if not math.isfinite(value):
+                diverged(f"the training loss is {value}", epoch, step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             step += 1
             tokens += y.numel()
-            loss_sum += loss.item() * y.numel()
+            loss_sum += value * y.numel()
             loss_count += y.numel()
             bar.update(y.numel())
             if step % 10 == 0 or step == steps:
@@ -200,10 +221,14 @@ def train(
                 bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.1f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
             if step % cfg.checkpoint_every == 0 and step < steps:
                 state = _detach(state)
+                check_weights(step)
                 save_resume()
         bar.close()
         seconds = time.perf_counter() - started
+        check_weights(step)
         loss_now = valid_loss(model, valid_ids, valid_scored, cfg)
+        if not math.isfinite(loss_now):
+            diverged(f"the valid loss is {loss_now}", epoch, step)
         speed = (tokens - resumed_tokens) / seconds if seconds else 0.0
         record = Epoch(epoch + 1, loss_sum / max(loss_count, 1), loss_now, math.exp(loss_now),
                        optimizer.param_groups[0]["lr"], speed, seconds)
@@ -212,6 +237,7 @@ def train(
         if loss_now < best:
             best, bad_epochs = loss_now, 0
             save_checkpoint(best_path, model, vocab_sha256, epoch=epoch + 1, valid_loss=loss_now)
+            saved_at[best_path] = f"best, epoch {epoch + 1}"
         else:
             bad_epochs += 1
             stopped_early = bad_epochs >= cfg.patience

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from seqlab.errors import SeqLabError
+from seqlab.net import unreachable
 
 SEED_KEYS = {  # the seed's names for the keys of params.yaml
     "lr": ("train.lr",),
@@ -251,12 +251,10 @@ def _probe(address: str, source: str, timeout: float = 5.0) -> None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise SeqLabError(f"{source}: {address!r} is not host:port, ray://host:port, auto or local")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
+    reason = unreachable(host, int(port), timeout)
+    if reason:
         raise SeqLabError(f"{source}: cannot reach the Ray cluster at {address} ({reason}); "
-                          f"start one with `ray start --head` or unset it for a local instance") from None
+                          f"start one with `ray start --head` or unset it for a local instance")
 
 
 def trial_resources(cpus: float, gpus: float, gpu_fallback: bool) -> dict[str, float]:
