@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,3 +28,7 @@ def _no_outside_tracking(monkeypatch, tmp_path):
         monkeypatch.delenv(name)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+# property tests: no example database in the checkout; in CI the same examples on every run
+settings.register_profile("seqlab", database=None, deadline=None, derandomize=os.environ.get("CI") == "true")
+settings.load_profile("seqlab")

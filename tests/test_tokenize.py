@@ -1,5 +1,11 @@
-import pytest
+import tempfile
+from pathlib import Path
 
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from seqlab.corpus import normalize
 from seqlab.errors import SeqLabError
 from seqlab.tokenize import (
     SPACE,
@@ -12,6 +18,7 @@ from seqlab.tokenize import (
     save_tokenizer,
     tokenize_lines,
 )
+from seqlab.vocab import build_vocab
 
 TRAIN = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind to suffer"] * 20
 
@@ -19,6 +26,18 @@ TRAIN = ["To be, or not to be: that is the question.", "Whether 'tis nobler in t
 def fit(kind, **overrides):
     options = {"lowercase": False, "pattern": WordTokenizer.pattern, "bpe_vocab_size": 300} | overrides
     return fit_tokenizer(kind, TRAIN, **options)
+
+
+BPE = fit("bpe")
+
+
+def example_each(values):
+    """Hypothesis examples that always run, whatever it generates."""
+    def decorate(test):
+        for value in reversed(values):
+            test = example(value)(test)
+        return test
+    return decorate
 
 
 def test_word_tokens_and_lowercasing():
@@ -83,3 +102,39 @@ def test_line_stats_count_tokens_chars_and_control_characters():
     lines = ["ab cd", "x\x07y"]
     stats = line_stats(lines, [["ab", "cd"], ["x", "y"]])
     assert stats.to_dict("list") == {"line": [0, 1], "n_tokens": [2, 2], "n_chars": [5, 3], "n_control": [0, 1]}
+
+
+# --- properties over any text ------------------------------------------------------------------------
+
+# every code point a UTF-8 text file can hold; a NUL makes it a binary file, which the corpus reader refuses
+ANY_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=80)
+CORNERS = ["", " ", "a\u2581b c", "\u2581 \u2581\u2581", "<U+2581>", "x\x01\x1c\u2028\u00a0\r\ny", "ǅ ß ﬁ İ", "😀\u200d👍"]
+
+
+def through_the_pipeline(tokenizer, text: str) -> tuple[str, list[str]]:
+    """What the stages do to a line: normalise it, tokenize, write and read the token stream, map to ids and back."""
+    line = normalize(text)
+    tokens = tokenizer.tokenize(line)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.txt"
+        path.write_text(format_stream([tokens]), encoding="utf-8")
+        (read,) = read_stream(path)
+    vocab = build_vocab([read])
+    return line, vocab.decode(vocab.encode(read))
+
+
+@settings(max_examples=300)
+@given(ANY_TEXT)
+@example_each(CORNERS)
+def test_char_tokens_round_trip_any_text(text):
+    line, tokens = through_the_pipeline(fit("char"), text)
+    assert fit("char").detokenize(tokens) == line
+
+
+@given(ANY_TEXT)
+@example_each(CORNERS)
+def test_word_and_bpe_tokenizers_take_any_text(text):
+    for tokenizer in (fit("word"), fit("word", pattern=r"\S+"), BPE):
+        line, tokens = through_the_pipeline(tokenizer, text)
+        assert isinstance(tokenizer.detokenize(tokens), str)
+    assert BPE.detokenize(tokens) == line  # byte-level: nothing is lost, not even what train never had

@@ -1,7 +1,8 @@
 """Word, char and BPE tokenizers behind one small interface.
 
 A token never contains whitespace, so a token stream is stored as one line per sequence with tokens
-separated by single spaces. The char tokenizer writes a space as ``▁`` (U+2581) for that reason.
+separated by single spaces. The char tokenizer writes a space as ``▁`` (U+2581) for that reason, and a
+``▁`` that was in the text as the token ``<U+2581>``, so every line comes back as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Iterable, Protocol
 from seqlab.errors import SeqLabError
 
 SPACE = "\u2581"
+LITERAL_SPACE = "<U+2581>"  # a ▁ in the text itself; char tokens are otherwise one character
 DEFAULT_WORD_PATTERN = r"\w+(?:['’-]\w+)*|[^\w\s]"
 KINDS = ("word", "char", "bpe")
 
@@ -56,10 +58,12 @@ class CharTokenizer:
     kind: str = field(default="char", init=False)
 
     def tokenize(self, line: str) -> list[str]:
-        return list((line.lower() if self.lowercase else line).replace(" ", SPACE))
+        escape = {" ": SPACE, SPACE: LITERAL_SPACE}
+        return [escape.get(char, char) for char in (line.lower() if self.lowercase else line)]
 
     def detokenize(self, tokens: list[str]) -> str:
-        return "".join(tokens).replace(SPACE, " ")
+        unescape = {SPACE: " ", LITERAL_SPACE: SPACE}
+        return "".join(unescape.get(token, token) for token in tokens)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "lowercase": self.lowercase}
