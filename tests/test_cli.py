@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from seqlab.models import ModelConfig, build
+from seqlab.models.checkpoint import save_checkpoint
 from seqlab.ngram import Segments, count, estimate
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
@@ -52,3 +54,27 @@ def test_model_for_another_vocabulary_fails_in_one_line(workspace):
     save_vocab(build_vocab(TRAIN + [["new", "words"]]), workspace / "vocab")
     result = seqlab(workspace, "m.npz")
     assert result.returncode == 1 and result.stderr.startswith("error: m.npz: built for vocabulary")
+
+
+def neural_checkpoint(workspace, vocab) -> Path:
+    config = ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, layers=1, heads=2, memory=4, cutoffs=(5,))
+    save_checkpoint(workspace / "model.pt", build(config), vocab.sha256)
+    return workspace / "model.pt"
+
+
+def test_a_neural_checkpoint_scores_and_a_damaged_or_foreign_one_is_one_line(workspace):
+    vocab = build_vocab(TRAIN)
+    data = neural_checkpoint(workspace, vocab).read_bytes()
+    assert seqlab(workspace, "model.pt").returncode == 0
+
+    (workspace / "model.pt").write_bytes(data[: len(data) // 2])
+    truncated = seqlab(workspace, "model.pt")
+    assert truncated.returncode == 1
+    assert truncated.stderr.startswith("error: model.pt: not a readable checkpoint (corrupt or truncated?)")
+    assert truncated.stderr.count("\n") == 1 and truncated.stdout == ""
+
+    save_vocab(build_vocab(TRAIN + [["new", "words"]]), workspace / "vocab")
+    (workspace / "model.pt").write_bytes(data)
+    foreign = seqlab(workspace, "model.pt")
+    assert foreign.returncode == 1 and foreign.stderr.count("\n") == 1 and foreign.stdout == ""
+    assert foreign.stderr.startswith(f"error: model.pt: trained with vocabulary {vocab.sha256[:12]}, but the vocabulary given is ")

@@ -492,19 +492,33 @@ def test_bad_corpus(tmp_path, setup, expected):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"tokenize__kind": "sentencepiece"}, "error: params.yaml: tokenize.kind: Input should be 'word', 'char' or 'bpe'"),
+        ({"tokenize__kind": "sentencepiece"}, "error: params.yaml: tokenize.kind: Input should be 'word', 'char' or 'bpe' (got 'sentencepiece')"),
         ({"vocab__min_frq": 2}, "error: params.yaml: vocab.min_frq: unknown key"),
         ({"vocab__min_freq": "2"}, "error: params.yaml: vocab.min_freq: Input should be a valid integer (got '2')"),
         ({"tune__optimization_config": {"lr": {"min": 0.01, "max": 0.001}}},
          "error: params.yaml: tune.optimization_config: lr: min 0.01 is above its max 0.001"),
+        ({"ngram__estimators": ["mkn", "witten-bell"]},
+         "error: params.yaml: ngram.estimators: unknown estimator 'witten-bell'; expected one of mle, laplace, addk, jm, backoff, kn, mkn"),
+        ({"train__lr": -0.001}, "error: params.yaml: train.lr: Input should be greater than 0 (got -0.001)"),
     ],
 )
 def test_bad_params(tmp_path, change, expected):
     root = make_project(tmp_path, **change)
     result = dvc(root, "repro", check=False)
     assert result.returncode != 0
-    assert expected in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [expected]
     assert not (root / "data" / "prepared").exists()
+
+
+def test_a_malformed_search_space_file_stops_the_tune_stage_with_nothing_written(tmp_path):
+    root = make_project(tmp_path, tune__space_file="configs/space.json")
+    (root / "configs" / "space.json").write_text('{"name": "s", "epochs": 2, "optimization_config": {"lr": {"min": 0.001,')
+    result = dvc(root, "repro", "tune", check=False)
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: configs/space.json: not valid JSON"), result.stderr
+    assert (root / "data" / "tokens").exists()  # the stages before it ran
+    assert not any((root / out).exists() for out in ("models/tune", "metrics/tune.json", "metrics/tune_trials.csv", "plots/tune.png"))
 
 
 def test_failing_expectation_stops_repro_and_names_it(tmp_path):
