@@ -1,3 +1,6 @@
+import json
+import os
+
 import kenlm
 import numpy as np
 import pytest
@@ -175,3 +178,16 @@ def test_char_ngrams_sum_to_one_and_match_kenlm(tmp_path):
     from seqlab.ngram.next_token import next_token_probs
 
     assert next_token_probs(model, vocab, list("the c")).sum() == pytest.approx(1.0, abs=1e-9)
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_model_file_holding_pickled_objects_is_refused_unrun(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "evil.npz", meta=np.array(json.dumps({"format": "x"})), counts_1=np.array([Boom()], dtype=object))
+    with pytest.raises(SeqLabError, match="not a readable SeqLab n-gram model"):
+        load_model(tmp_path / "evil.npz")
+    assert not (tmp_path / "pwned").exists()
