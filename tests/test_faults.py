@@ -175,9 +175,9 @@ def test_kill_9_in_training_then_dvc_repro_resumes_to_the_same_metrics(tmp_path)
     # enough text that training takes seconds, so the kill lands in the middle of it
     sentences = [f"the {a} {v} on the {b} ." for a in ("cat", "dog", "bird", "king") for v in ("sat", "ran", "slept")
                  for b in ("mat", "log", "hill", "throne", "road")]
-    root = make_project(tmp_path, tune__optimization_config={}, train__epochs=6, train__checkpoint_every=20,
+    root = make_project(tmp_path, tune__optimization_config={}, train__epochs=4, train__checkpoint_every=20,
                         train__batch_size=4, model__hidden_dim=64, model__embed_dim=64, validate__max_oov_rate=0.5)
-    (root / "data" / "corpus" / "train.txt").write_text("\n".join(sentences * 25) + "\n")
+    (root / "data" / "corpus" / "train.txt").write_text("\n".join(sentences * 20) + "\n")
     dvc(root, "repro", "tune")  # everything before training
 
     process = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=root, env=env(), start_new_session=True,
@@ -191,7 +191,9 @@ def test_kill_9_in_training_then_dvc_repro_resumes_to_the_same_metrics(tmp_path)
     assert resume.exists() and not (root / "models" / "neural").exists(), "the kill did not land in training"
 
     resumed = dvc(root, "repro", "train")
-    assert f"{Path('checkpoints/train/last.pt')}: resuming from epoch" in resumed.stdout, resumed.stdout
+    (line,) = [line for line in resumed.stdout.splitlines() if ": resuming from epoch" in line]
+    print(line)  # where the kill landed: pytest -s shows it
+    assert line.startswith("checkpoints/train/last.pt: resuming from epoch ")
     after_resume = train_metrics(root)
     assert not resume.parent.exists()  # the resume state goes once training is done
 

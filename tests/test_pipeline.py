@@ -391,7 +391,7 @@ def retrain_step(root: Path, name: str, summary: Path) -> subprocess.CompletedPr
     (step,) = [s for s in yaml.safe_load((REPO / ".github/workflows/retrain.yml").read_text())["jobs"]["retrain"]["steps"]
                if s.get("name", "").startswith(name)]
     return subprocess.run(["bash", "-e", "-c", step["run"]], cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**env(), "BASELINE": "HEAD", "GITHUB_STEP_SUMMARY": str(summary), "FORCE": ""})
+                          env={**env(), "BASELINE": "HEAD", "GITHUB_STEP_SUMMARY": str(summary)})
 
 
 def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_remote(project, tmp_path):
@@ -406,11 +406,26 @@ def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_re
     remote = tmp_path / "remote"
     dvc(project, "remote", "add", "-d", "ci", str(remote))
     try:
+        assert "no DVC-tracked data" in retrain_step(project, "Pull", summary).stdout
+        extra = project / "data" / "extra"  # a corpus version of one's own, tracked with `dvc add`
+        extra.mkdir()
+        (extra / "train.txt").write_text("a new version of the corpus\n")
+        dvc(project, "add", "data/extra")
+        sh(project, "git", "add", "data/extra.dvc", "data/.gitignore")
         pushed = retrain_step(project, "Push", summary)
         assert pushed.returncode == 0, pushed.stderr
-        assert (remote / "files" / "md5").is_dir()  # the models and data went to the remote
+        assert (remote / "files" / "md5").is_dir()
+
+        # a fresh runner: neither the data nor DVC's cache of it
+        shutil.rmtree(extra)
+        cached = lambda md5: project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]  # noqa: E731
+        listing = cached(yaml.safe_load((project / "data" / "extra.dvc").read_text())["outs"][0]["md5"])
+        for entry in json.loads(listing.read_text()):
+            cached(entry["md5"]).unlink()
+        listing.unlink()
         pulled = retrain_step(project, "Pull", summary)
-        assert pulled.returncode == 0 and "Everything is up to date." in pulled.stdout, pulled.stdout + pulled.stderr
+        assert pulled.returncode == 0, pulled.stderr
+        assert (extra / "train.txt").read_text() == "a new version of the corpus\n" and " fetched" in pulled.stdout
     finally:
         dvc(project, "remote", "remove", "ci")
 
