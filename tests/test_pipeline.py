@@ -390,20 +390,25 @@ def retrain_step(root: Path, name: str, summary: Path) -> subprocess.CompletedPr
     """A `run:` step of .github/workflows/retrain.yml, run by bash in ``root`` as the runner runs it."""
     (step,) = [s for s in yaml.safe_load((REPO / ".github/workflows/retrain.yml").read_text())["jobs"]["retrain"]["steps"]
                if s.get("name", "").startswith(name)]
-    return subprocess.run(["bash", "-e", "-c", step["run"]], cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**env(), "BASELINE": "HEAD", "GITHUB_STEP_SUMMARY": str(summary)})
+    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step["run"]], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**env(), "BASELINE": "HEAD", "GITHUB_STEP_SUMMARY": str(summary)})
 
 
 def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_remote(project, tmp_path):
     summary = tmp_path / "summary.md"
     diff = retrain_step(project, "Metrics against", summary)
     assert diff.returncode == 0, diff.stderr
-    assert "## Metrics against HEAD" in summary.read_text() and "| metrics/metrics.json " in summary.read_text()
+    written = summary.read_text()
+    assert "## Metrics against HEAD" in written and "| metrics/metrics.json " in written and "## Params against HEAD" in written
     gate = retrain_step(project, "Champion gate", summary)
     assert gate.returncode == 0 and json.loads((project / "metrics" / "register.json").read_text())["outcome"] in gate.stdout
+    assert retrain_step(project, "Metrics against", summary).returncode == 0
+    broken = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", "{ dvc metrics diff no-such-ref; } | tee /dev/null"],
+                            cwd=project, env=env(), capture_output=True, text=True)
+    assert broken.returncode != 0  # as the workflow's shell runs it, a failing diff fails the step
 
     assert "no DVC remote configured" in retrain_step(project, "Pull", summary).stdout
-    remote = tmp_path / "remote"
+    remote, gitignore = tmp_path / "remote", (project / "data" / ".gitignore").read_text()
     dvc(project, "remote", "add", "-d", "ci", str(remote))
     try:
         assert "no DVC-tracked data" in retrain_step(project, "Pull", summary).stdout
@@ -426,8 +431,13 @@ def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_re
         pulled = retrain_step(project, "Pull", summary)
         assert pulled.returncode == 0, pulled.stderr
         assert (extra / "train.txt").read_text() == "a new version of the corpus\n" and " fetched" in pulled.stdout
-    finally:
+    finally:  # the project as the other tests know it
         dvc(project, "remote", "remove", "ci")
+        sh(project, "git", "rm", "-q", "--cached", "--ignore-unmatch", "data/extra.dvc")
+        sh(project, "git", "reset", "-q", "data/.gitignore")
+        (project / "data" / "extra.dvc").unlink(missing_ok=True)
+        shutil.rmtree(project / "data" / "extra", ignore_errors=True)
+        (project / "data" / ".gitignore").write_text(gitignore)
 
 
 def test_the_mlflow_ui_shows_every_model_and_the_champion_in_a_browser(project, tmp_path):

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from seqlab.tracking import flatten, stage_run
@@ -59,3 +61,23 @@ def test_tracking_uri_from_the_environment(root, tmp_path_factory, monkeypatch):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+
+
+def test_a_tracking_server_that_is_down_is_one_line_without_its_password(monkeypatch):
+    import socket
+
+    from seqlab.errors import SeqLabError
+    from seqlab.tracking import HTTP_BOUNDS, connect
+
+    for key in HTTP_BOUNDS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # set by the user: kept
+    with socket.socket() as closed:  # bound, not listening: refuses connections
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ci:s3cret@127.0.0.1:{port}/mlflow")
+        with pytest.raises(SeqLabError) as err:
+            connect()
+    assert str(err.value) == (f"MLFLOW_TRACKING_URI: the tracking server http://127.0.0.1:{port}/mlflow does not answer "
+                              "(Connection refused); start it, or unset MLFLOW_TRACKING_URI to track in mlruns/")
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"

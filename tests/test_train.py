@@ -42,6 +42,11 @@ def run(workdir, config=CONFIG, cfg=TRAIN, **kwargs):
     return model, train(model, cfg, TRAIN_IDS, VALID_IDS, SCORED, workdir, "vocab-hash", "run-1", progress=False, **kwargs)
 
 
+def comparable(history) -> list[dict]:
+    """A training history without its timings."""
+    return [{k: v for k, v in asdict(e).items() if k not in ("tokens_per_s", "seconds")} for e in history]
+
+
 def test_training_learns_the_language(tmp_path):
     _, result = run(tmp_path)
     # uniform (and unigram) perplexity is about 30; the source's own is 1.9
@@ -86,8 +91,7 @@ def test_resume_after_kill_9_reaches_the_same_weights_and_metrics(tmp_path):
     _, resumed = run(tmp_path / "a")
     _, straight = run(tmp_path / "b")
     assert resumed.resumed_from == "epoch 2 step 70" and straight.resumed_from is None
-    drop = lambda history: [{k: v for k, v in asdict(e).items() if k not in ("tokens_per_s", "seconds")} for e in history]  # noqa: E731
-    assert drop(resumed.history) == drop(straight.history)
+    assert comparable(resumed.history) == comparable(straight.history)
     a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in b)

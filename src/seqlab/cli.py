@@ -81,7 +81,7 @@ def _ui(args: argparse.Namespace) -> None:
 
     from seqlab import ui
     from seqlab.config import load_params
-    from seqlab.tracking import project_root, tracking_uri
+    from seqlab.tracking import connect, project_root, tracking_uri
 
     uri = tracking_uri(project_root())
     base = f"http://{ui.HOST}:{args.port}"
@@ -94,7 +94,7 @@ def _ui(args: argparse.Namespace) -> None:
         finally:
             ui.stop(server)
         return
-    mlflow.set_tracking_uri(uri)
+    connect()
     name = load_params("params.yaml").tracking.experiment
     experiment = mlflow.MlflowClient().get_experiment_by_name(name)
     if experiment is None:

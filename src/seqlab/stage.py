@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,15 +27,27 @@ def neural_folders(params: Params) -> dict[str, str]:
 def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()) -> Iterator[StageRun]:
     """The stage's child run, logging the params ``sections`` it reads.
 
-    If the block fails, the stage's ``outs`` it already wrote are removed: a failed stage (bad input,
-    a tracking server gone, an error after the first file) leaves none of its outputs, not some.
+    If the block fails, those of the stage's ``outs`` that it wrote are removed: a failed stage (bad
+    input, a tracking server gone, an error after the first file) leaves none of its new outputs, not
+    some. Outputs are written by renaming into place, so a written one is a new file (inode) or folder.
     """
     everything = params.model_dump(by_alias=True, mode="json")
     mine = {section: everything[section] for section in sections}
+    before = {out: _identity(out) for out in outs}
     try:
         with stage_run(stage, params.tracking.experiment, mine, everything) as run:
             yield run
     except BaseException:
         for out in outs:
-            remove(out)
+            if _identity(out) != before[out]:
+                with contextlib.suppress(OSError):  # the stage's own error is the one to show
+                    remove(out)
         raise
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns

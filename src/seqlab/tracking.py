@@ -40,17 +40,29 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store(root)
 
 
-# MLflow retries an HTTP request 7 times over about 4 minutes, each try waiting up to 120 s. A stage
-# talking to a tracking server that has gone away gives up within about half a minute instead; the
+# MLflow retries an HTTP request 7 times over about 4 minutes, each try waiting up to 120 s for an
+# answer. A stage gives up on a tracking server that has stopped answering after 3 tries of 30 s (an
+# upload the server is still storing gets that long); a server that is down fails the 5 s probe. The
 # MLFLOW_HTTP_REQUEST_* variables, when set, win.
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# After a stage failed, marking its runs FAILED is tried once, briefly: the server may be the failure.
+CLEANUP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 PROBE_SECONDS = 5.0
+
+
+def shown(uri: str) -> str:
+    """``uri`` without a user name or password in it, to print."""
+    url = urlsplit(uri)
+    if url.username is None and url.password is None:
+        return uri
+    return url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
 
 
 def connect(root: Path | None = None) -> str:
     """Point MLflow at this project's store; a tracking server that does not answer is a one-line error in seconds."""
     import mlflow
+    from urllib.request import getproxies, proxy_bypass
 
     uri = tracking_uri(root or project_root())
     url = urlsplit(uri)
@@ -58,10 +70,11 @@ def connect(root: Path | None = None) -> str:
         for key, value in HTTP_BOUNDS.items():
             os.environ.setdefault(key, value)
         if not url.hostname:
-            raise SeqLabError(f"MLFLOW_TRACKING_URI: {uri!r} names no host")
-        reason = unreachable(url.hostname, url.port or (443 if url.scheme == "https" else 80), PROBE_SECONDS)
+            raise SeqLabError(f"MLFLOW_TRACKING_URI: {shown(uri)!r} names no host")
+        proxied = url.scheme in getproxies() and not proxy_bypass(url.hostname)  # then only the proxy is reachable
+        reason = None if proxied else unreachable(url.hostname, url.port or (443 if url.scheme == "https" else 80), PROBE_SECONDS)
         if reason:
-            raise SeqLabError(f"MLFLOW_TRACKING_URI: the tracking server {uri} does not answer ({reason}); "
+            raise SeqLabError(f"MLFLOW_TRACKING_URI: the tracking server {shown(uri)} does not answer ({reason}); "
                               "start it, or unset MLFLOW_TRACKING_URI to track in mlruns/")
     mlflow.set_tracking_uri(uri)
     return uri
@@ -77,7 +90,21 @@ def tracking_errors(uri: str) -> Iterator[None]:
         yield
     except (MlflowException, RequestException) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SeqLabError(f"MLflow tracking at {uri}: {first[:400]}") from None
+        raise SeqLabError(f"MLflow tracking at {shown(uri)}: {first[:400]}") from err
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def pipeline_key() -> str:
@@ -298,12 +325,16 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
             mlflow.log_params(flatten(params))
             yield StageRun(mlflow, run.info.run_id, root)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        try:
-            mlflow.end_run(status)
-            client.set_terminated(parent, status)
-        except Exception:
-            if status == "FINISHED":
-                with tracking_errors(uri):
-                    raise
-            # the stage's own error is the one to show; a store that is gone cannot mark the runs FAILED
+        with contextlib.nullcontext() if status == "FINISHED" else _environment(CLEANUP_BOUNDS):
+            try:
+                mlflow.end_run(status)
+                client.set_terminated(parent, status)
+            except Exception:
+                if status == "FINISHED":
+                    with tracking_errors(uri):
+                        raise
+                # the stage's own error is the one to show; a store that is gone cannot mark the runs

@@ -181,7 +181,8 @@ def train(
         kept = ", ".join(f"{path} ({when})" for path, when in saved_at.items()) or "none (none was written yet)"
         raise SeqLabError(
             f"training diverged: {what} at epoch {epoch + 1} step {step} (lr {optimizer.param_groups[0]['lr']:.3g}); "
-            f"nothing saved after it, the last good checkpoints stay: {kept}; lower params.yaml: train.lr or train.clip")
+            f"nothing saved after it, the last good checkpoints stay: {kept}; the same settings diverge again: lower the "
+            "learning rate (params.yaml: train.lr, or the search's pick in models/tune/best_config.json) or train.clip")
 
     def check_weights(step: int) -> None:
         """Finite weights before anything is saved, so a checkpoint is always one to go back to."""
