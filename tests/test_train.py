@@ -2,14 +2,18 @@
 
 import math
 import os
+import random
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from seqlab.errors import SeqLabError
 from seqlab.models import ModelConfig, build
@@ -136,7 +140,7 @@ def checkpoint(tmp_path) -> Path:
 def test_bad_checkpoints_are_refused_with_one_line(checkpoint, tmp_path):
     data = checkpoint.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
-    (tmp_path / "noise.pt").write_bytes(os.urandom(2000))
+    (tmp_path / "noise.pt").write_bytes(random.Random(0).randbytes(2000))
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     cases = {
         "truncated.pt": "not a readable checkpoint (corrupt or truncated?)",
@@ -150,6 +154,31 @@ def test_bad_checkpoints_are_refused_with_one_line(checkpoint, tmp_path):
         assert str(err.value).startswith(f"{tmp_path / name}: {message}") and "\n" not in str(err.value)
     with pytest.raises(SeqLabError, match="trained with vocabulary vocab-hash, but the vocabulary given is other-vocab"):
         load_checkpoint(checkpoint, "other-vocab-hash")
+
+
+def saved_checkpoint() -> bytes:
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(Path(folder) / "model.pt", build(CONFIG), "vocab-hash")
+        return (Path(folder) / "model.pt").read_bytes()
+
+
+CHECKPOINT = saved_checkpoint()
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.binary(min_size=1, max_size=3000), st.integers(1, len(CHECKPOINT) - 1).map(lambda n: CHECKPOINT[:n]),
+                 st.builds(lambda n, b: CHECKPOINT[:n] + bytes([b]) + CHECKPOINT[n + 1:],
+                           st.integers(0, len(CHECKPOINT) - 1), st.integers(0, 255))))
+@example(random.Random(0).randbytes(2000))
+def test_any_damaged_bytes_are_one_line_never_a_traceback(data):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt"
+        path.write_bytes(data)
+        try:
+            load_checkpoint(path, "vocab-hash")  # a flipped byte in a tensor's data still loads
+        except SeqLabError as err:
+            assert "\n" not in str(err) and str(err).startswith(f"{path}: ")
 
 
 class Boom:

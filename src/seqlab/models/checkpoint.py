@@ -35,11 +35,17 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise SeqLabError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except Exception as err:  # damaged bytes can break the unpickler anywhere: KeyError, IndexError, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not isinstance(err, (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)):
+            reason = f"{type(err).__name__}: {reason}"
         raise SeqLabError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SeqLabError(f"{path}: not a SeqLab neural model checkpoint")
+    kinds = {"config": dict, "vocab_sha256": str, "state_dict": dict}
+    damaged = [key for key, kind in kinds.items() if not isinstance(payload.get(key), kind)]
+    if damaged:
+        raise SeqLabError(f"{path}: damaged checkpoint: {', '.join(damaged)} missing or of the wrong kind")
     return payload
 
 
@@ -52,7 +58,7 @@ def load_checkpoint(path: str | Path, vocab_sha256: str | None, device: str | to
     try:
         model = build(ModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0]
+    except Exception as err:  # TypeError, KeyError, RuntimeError, ...: a config or weights that do not fit
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SeqLabError(f"{path}: checkpoint does not match its architecture: {reason[:200]}") from None
     return model.to(device).eval()
