@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -176,7 +177,9 @@ def test_any_damaged_bytes_are_one_line_never_a_traceback(data):
         path = Path(folder) / "model.pt"
         path.write_bytes(data)
         try:
-            load_checkpoint(path, "vocab-hash")  # a flipped byte in a tensor's data still loads
+            with warnings.catch_warnings():  # a damaged config can build zero-sized layers, which torch warns about
+                warnings.simplefilter("ignore")
+                load_checkpoint(path, "vocab-hash")  # a flipped byte in a tensor's data still loads
         except SeqLabError as err:
             assert "\n" not in str(err) and str(err).startswith(f"{path}: ")
 
