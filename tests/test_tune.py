@@ -1,6 +1,7 @@
 """The search: the space and its checks, and real Ray Tune runs (ASHA, a crashed trial retried, MLflow
 children, resources that cannot be had, an unreachable or an existing Ray cluster)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -219,7 +220,8 @@ def test_an_unreachable_cluster_is_an_error_within_seconds(tmp_path, tracking, m
     assert time.perf_counter() - started < 10
 
 
-def test_optuna_search_on_an_existing_cluster(tmp_path, tracking):
+def test_optuna_search_on_an_existing_cluster(tmp_path, tracking, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # a driver given an address sends the token only when told (README)
     port = free_port()
     temp = Path(f"/tmp/seqlab-ray-{os.getpid()}")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -234,5 +236,23 @@ def test_optuna_search_on_an_existing_cluster(tmp_path, tracking):
         logs = list((temp / "session_latest" / "logs").glob("worker-*.out"))
         assert logs, "no trial ran on the started cluster"
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp: Path) -> None:
+    """Kill the processes of the cluster started with ``temp`` as its temp dir, and only those.
+
+    `ray stop` would kill every Ray process of the machine's user: a pipeline running beside the tests too.
+    """
+    import psutil
+
+    started = [p for p in psutil.process_iter(["cmdline"]) if any(str(temp) in arg for arg in p.info["cmdline"] or ())]
+    processes = {}
+    for process in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            processes.update({p.pid: p for p in (process, *process.children(recursive=True))})
+    for process in processes.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(list(processes.values()), timeout=30)
