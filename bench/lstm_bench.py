@@ -32,18 +32,17 @@ VARIANTS = {"dot": {}, "none": {"model.attention": "none"}, "transformer": {"mod
 
 
 def settings(overrides: dict):
-    """(ModelConfig, TrainConfig, vocab, splits) from params.yaml with dotted overrides."""
+    """(ModelConfig, TrainParams, vocab, splits) from params.yaml with dotted overrides."""
     from seqlab.config import load_params
-    from seqlab.evaluate import load_eval_set
     from seqlab.models import config_from_params
-    from seqlab.train import TrainConfig
+    from seqlab.scoring import load_eval_set
     from seqlab.vocab import load_vocab
 
     params = load_params(ROOT / "params.yaml", overrides)
     vocab = load_vocab(ROOT / "data" / "vocab")
     config = config_from_params(params.model.model_dump(), len(vocab))
     splits = {s: load_eval_set(ROOT / "data" / "tokens", s, vocab) for s in ("train", "valid", "test")}
-    return config, TrainConfig(**params.train.model_dump()), vocab, splits
+    return config, params.train, vocab, splits
 
 
 def _speed_one(overrides: dict, queue) -> None:
@@ -100,7 +99,8 @@ def speed() -> None:
 
 
 def generation(checkpoint: str, tokens: int) -> None:
-    from seqlab.generate import generate, load
+    from seqlab.generate import generate
+    from seqlab.loading import load
     from seqlab.tokenize import read_stream
 
     loaded = load(str(ROOT / checkpoint), ROOT / "data" / "vocab", ROOT / "data" / "tokens" / "tokenizer.json")
@@ -117,11 +117,12 @@ def generation(checkpoint: str, tokens: int) -> None:
 
 
 def quality(profile: str, variant: str, extra: dict) -> None:
-    from seqlab.evaluate import score
     from seqlab.models import build, count_parameters
     from seqlab.models.checkpoint import load_checkpoint
-    from seqlab.models.scoring import NeuralLM
-    from seqlab.train import fingerprint, train
+    from seqlab.models.neural_lm import NeuralLM
+    from seqlab.scoring import score
+    from seqlab.training import fingerprint, fit
+    from seqlab.training.lm import LanguageModelTask
 
     overrides = {**(LONG if profile == "long" else {}), **VARIANTS[variant], **extra}
     config, cfg, vocab, splits = settings(overrides)
@@ -130,8 +131,8 @@ def quality(profile: str, variant: str, extra: dict) -> None:
     print(f"{profile} profile, {variant}: {count_parameters(model):,} parameters; overrides {overrides}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        result = train(model, cfg, splits["train"].segments.ids, splits["valid"].segments.ids, splits["valid"].scored, work,
-                       vocab.sha256, fingerprint(config.as_dict(), str(cfg)))
+        task = LanguageModelTask(splits["train"].segments.ids, splits["valid"].segments.ids, splits["valid"].scored, vocab.sha256)
+        result = fit(model, task, cfg, work, fingerprint(config.as_dict(), cfg.model_dump()))
         minutes = (time.perf_counter() - started) / 60
         best = load_checkpoint(Path(work) / "best.pt", vocab.sha256)
     scorer = NeuralLM(best, cfg.eval_batch_size, cfg.eval_window)

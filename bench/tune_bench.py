@@ -33,12 +33,14 @@ def main() -> None:
     import torch
     from mlflow import MlflowClient
 
-    from seqlab.config import load_params
-    from seqlab.tune import load_space, run_search, search_data
+    from seqlab.config import load_params, searchable_keys
+    from seqlab.tracking import ChildRuns
+    from seqlab.tune.search import run_search, search_data
+    from seqlab.tune.space import load_space
     from seqlab.vocab import load_vocab
 
     params = load_params(ROOT / "params.yaml", {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)})
-    space = load_space(params.tune)
+    space = load_space(params.tune, searchable_keys())
     tune = params.tune.model_copy(update={"grace_period": space.epochs}) if args.no_asha else params.tune
     vocab = load_vocab(ROOT / "data" / "vocab")
     data = search_data(ROOT / "data" / "tokens", vocab, tune.train_tokens)
@@ -47,8 +49,8 @@ def main() -> None:
         client = MlflowClient()
         experiment = client.create_experiment("bench", artifact_location=Path(tmp, "artifacts").as_uri())
         parent = client.create_run(experiment, run_name="search").info.run_id
-        result = run_search(space, tune, params.model.model_dump(), params.train.model_dump(), data,
-                            (client, experiment, parent), Path(tmp) / "storage")
+        result = run_search(space, params.model_copy(update={"tune": tune}), data, ChildRuns(client, experiment, parent, "trial"),
+                            Path(tmp) / "storage")
     table = result.trials
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print()

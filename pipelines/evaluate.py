@@ -2,12 +2,13 @@
 hybrid), scored on the same test tokens -> metrics/metrics.json (DVC metrics), metrics/leaderboard.csv,
 metrics/learning_curves.csv, plots/perplexity.png, plots/learning_curves.png."""
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.errors import exit_on_error
-from seqlab.io import atomic_path, read_json, write_json
+from seqlab.io import atomic_path, write_json
+from seqlab.scoring import read_summary
 from seqlab.leaderboard import dvc_metrics, leaderboard, learning_curves, plot_learning_curves, plot_perplexity
 
-METRICS, LEADERBOARD, CURVES = "metrics/metrics.json", "metrics/leaderboard.csv", "metrics/learning_curves.csv"
+METRICS, LEADERBOARD, CURVES = "metrics/metrics.json", paths.LEADERBOARD, "metrics/learning_curves.csv"
 PLOT, CURVES_PLOT = "plots/perplexity.png", "plots/learning_curves.png"
 
 
@@ -17,8 +18,8 @@ def main() -> None:
     grid = params.ngram
     with stage.tracked("evaluate", params, "ngram", "baselines", outs=(METRICS, LEADERBOARD, CURVES, PLOT, CURVES_PLOT)) as run:
         neural = stage.neural_folders(params)
-        folders = [f"models/ngram/{e}-{o}" for e in grid.estimators for o in grid.orders] + [*neural.values(), "models/hybrid"]
-        summaries = {folder: read_json(f"{folder}/scores.json") for folder in folders}
+        folders = [paths.ngram_folder(e, o) for e in grid.estimators for o in grid.orders] + [*neural.values(), paths.HYBRID]
+        summaries = {folder: read_summary(folder) for folder in folders}
         board = leaderboard(summaries)
         metrics = dvc_metrics(board)
         write_json(METRICS, metrics)

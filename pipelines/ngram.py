@@ -5,19 +5,15 @@ import resource
 import time
 import warnings
 
-import pandas as pd
-
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.errors import SeqLabError, exit_on_error
-from seqlab.evaluate import load_eval_set, score
 from seqlab.io import atomic_path, write_json
 from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
-from seqlab.registry import registered_name, version_tags
+from seqlab.registry import registered_name
+from seqlab.scoring import Summary, load_eval_set, score
 from seqlab.vocab import BOS, load_vocab
-
-TOKENS, VOCAB = "data/tokens", "data/vocab"
 
 
 @exit_on_error
@@ -31,10 +27,10 @@ def main() -> None:
     if not 1 <= args.order <= cfg.max_order:
         raise SeqLabError(f"order {args.order} is outside 1..{cfg.max_order} (params.yaml: ngram.orders, ngram.max_order)")
     name = f"{args.estimator}-{args.order}"
-    out = f"models/ngram/{name}"
+    out = paths.ngram_folder(args.estimator, args.order)
     with stage.tracked(f"ngram {name}", params, "ngram", outs=(out,)) as run:
-        vocab = load_vocab(VOCAB)
-        train, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
+        vocab = load_vocab(paths.VOCAB)
+        train, valid, test = (load_eval_set(paths.TOKENS, split, vocab) for split in ("train", "valid", "test"))
         started = time.perf_counter()
         tables = prune(count(train.segments, args.order, len(vocab)), cfg.cutoffs, len(vocab))
         model = estimate(args.estimator, tables, len(vocab), vocab.index[BOS], valid=valid.segments, k=cfg.addk_k)
@@ -45,43 +41,24 @@ def main() -> None:
         for warning in caught:
             print(f"warning: {warning.message}")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        summary = Summary(f"ngram-{name}", "ngram", args.estimator, args.order, registered_name("ngram"),
+                          {"params": model.params, "cutoffs": cfg.cutoffs, "ngrams": [len(t) for t in model.tables]},
+                          vocab.sha256, scores["valid"], scores["test"])
         with atomic_path(out) as tmp:
             tmp.mkdir()
             save_model(model, tmp / "model.npz", vocab.sha256)
             if args.estimator in BACKOFF_FORM:
                 write_arpa(model, list(vocab.tokens), tmp / "model.arpa")
-            summary = {
-                "model": f"ngram-{name}",
-                "family": "ngram",
-                "estimator": args.estimator,
-                "order": args.order,
-                "registered_model": registered_name("ngram"),
-                "params": model.params,
-                "cutoffs": cfg.cutoffs,
-                "ngrams": [len(t) for t in model.tables],
-                "vocab_sha256": vocab.sha256,
-                **{split: s.as_dict() for split, s in scores.items()},
-            }
-            write_json(tmp / "scores.json", summary)
-        run.log_params({"model": f"ngram-{name}", "family": "ngram", "estimator": args.estimator, "order": args.order,
-                        **{f"tuned.{k}": v for k, v in model.params.items()}})
-        run.log_metrics({"build_seconds": build_seconds, "peak_memory_mb": peak_mb,
-                         **scores["valid"].metrics("valid"), **scores["test"].metrics("test")})
-        run.log_artifact(f"{out}/scores.json")
+            write_json(tmp / "scores.json", summary.as_dict())
         if args.estimator in BACKOFF_FORM:
             run.log_artifact(f"{out}/model.arpa", compress=True)
-        run.set_tag("seqlab.vocab_sha256", vocab.sha256)
-        version = run.log_pyfunc_model(
-            {"model": f"{out}/model.npz", "vocab": VOCAB, "tokenizer": f"{TOKENS}/tokenizer.json"},
-            registered_name("ngram"),
-            pd.DataFrame({"context": ["<s> to be or not to"]}),
-            {"top_k": 10},
-            {"estimator": args.estimator, "order": str(args.order), **version_tags(summary, out, TOKENS)},
-        )
-        run.tag_data_hashes("deps", [TOKENS, VOCAB])
-        run.tag_data_hashes("outs", [out])
+        version = stage.publish(
+            run, summary, out, {"model": f"{out}/model.npz"}, stage.example_context(valid, vocab),
+            params={"estimator": args.estimator, "order": args.order, **{f"tuned.{k}": v for k, v in model.params.items()}},
+            metrics={"build_seconds": build_seconds, "peak_memory_mb": peak_mb},
+            artifacts=[f"{out}/scores.json"], tags={"estimator": args.estimator, "order": str(args.order)})
         print(f"ngram {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f}, "
-              f"built in {build_seconds:.2f} s; registered as {registered_name('ngram')} version {version}")
+              f"built in {build_seconds:.2f} s; registered as {summary.registered_model} version {version}")
 
 
 if __name__ == "__main__":

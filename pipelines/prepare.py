@@ -5,12 +5,12 @@ from importlib.metadata import version
 
 import pandas as pd
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.corpus import SPLITS, load_directory, load_file, load_shakespeare
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.io import atomic_path
 
-OUT = "data/prepared"
+OUT = paths.PREPARED
 
 
 def load(data):

@@ -6,12 +6,12 @@ from mlflow import MlflowClient
 
 import pandas as pd
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import write_json
-from seqlab.registry import apply, current_champion, decide, describe, find_version
+from seqlab.registry import apply, current_champion, decide, describe, find_version, task_of
 
-LEADERBOARD, OUT = "metrics/leaderboard.csv", "metrics/register.json"
+LEADERBOARD, OUT = paths.LEADERBOARD, "metrics/register.json"
 
 
 @exit_on_error
@@ -21,7 +21,7 @@ def main() -> None:
     with stage.tracked("register", params, "register") as run:
         client = MlflowClient()
         candidate = find_version(client, best.registered_model, best.path)
-        decision = decide(candidate, current_champion(client), params.register_.on_new_test_set)
+        decision = decide(candidate, current_champion(client, task_of(candidate.tags)), params.register_.on_new_test_set)
         apply(client, decision)
         write_json(OUT, decision.as_dict())
         run.set_tag("seqlab.gate", f"{decision.outcome}: {decision.reason}")

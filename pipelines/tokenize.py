@@ -2,13 +2,13 @@
 
 from tqdm import tqdm
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.corpus import SPLITS
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.io import atomic_path, read_lines
 from seqlab.tokenize import fit_tokenizer, format_stream, line_stats, save_tokenizer, tokenize_lines
 
-IN, OUT = "data/prepared", "data/tokens"
+IN, OUT = paths.PREPARED, paths.TOKENS
 
 
 @exit_on_error

@@ -13,33 +13,24 @@ import resource
 import shutil
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.config import dotted, with_changes
+from seqlab.determinism import fix_threads
 from seqlab.errors import SeqLabError, exit_on_error
-from seqlab.evaluate import load_eval_set, score
 from seqlab.io import atomic_path, dvc_md5, write_json
 from seqlab.models import build, config_from_params, count_parameters
 from seqlab.models.checkpoint import load_checkpoint
-from seqlab.models.scoring import NeuralLM, NextToken
-from seqlab.registry import neural_family, registered_name, version_tags
-from seqlab.train import TrainConfig, fingerprint, plot_learning_curve, train
-from seqlab.tune import tuned
+from seqlab.models.neural_lm import NeuralLM
+from seqlab.registry import neural_family, registered_name
+from seqlab.scoring import Summary, load_eval_set, score
+from seqlab.training import fingerprint, fit
+from seqlab.training.curve import plot_learning_curve
+from seqlab.training.lm import LanguageModelTask
+from seqlab.tune.best import tuned
 from seqlab.vocab import load_vocab
-
-TOKENS, VOCAB = "data/tokens", "data/vocab"
-BEST_CONFIG = "models/tune/best_config.json"
-
-
-def paths(baseline: str | None) -> tuple[str, ...]:
-    """(model folder, resume checkpoints, metrics, history, learning curve) of the tuned model or a baseline."""
-    if baseline is None:
-        return "models/neural", "checkpoints/train", "metrics/train.json", "metrics/train_history.csv", "plots/learning_curve.png"
-    return (f"models/baselines/{baseline}", f"checkpoints/baselines/{baseline}", f"metrics/baselines/{baseline}.json",
-            f"metrics/baselines/{baseline}_history.csv", f"plots/baselines/{baseline}.png")
 
 
 @exit_on_error
@@ -47,24 +38,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", help="an entry of params.yaml's baselines")
     args = parser.parse_args()
-    params, changes = tuned(stage.params(), BEST_CONFIG)
+    params, changes = tuned(stage.params(), paths.TUNE_BEST)
     if args.baseline is not None:
         if args.baseline not in params.baselines:
             raise SeqLabError(f"params.yaml: baselines.{args.baseline}: no such baseline (have: {', '.join(params.baselines) or 'none'})")
         changes = {**changes, **dotted(params.baselines[args.baseline], f"baselines.{args.baseline}")}
         params = with_changes(params, changes, f"params.yaml: baselines.{args.baseline}")
-    OUT, WORK, METRICS, HISTORY, CURVE = paths(args.baseline)
-    vocab = load_vocab(VOCAB)
+    out = paths.neural_outputs(args.baseline)
+    threads = fix_threads()
+    vocab = load_vocab(paths.VOCAB)
     config = config_from_params(params.model.model_dump(), len(vocab))
-    cfg = TrainConfig(**params.train.model_dump())
+    cfg = params.train
     family = neural_family(config.kind, config.rnn, config.attention)
     name = args.baseline or (family if family in ("transformer", config.rnn) else f"{config.rnn}-{config.attention}")  # lstm-dot, ...
-    with stage.tracked(f"train {name}", params, "model", "train", outs=(OUT, METRICS, HISTORY, CURVE)) as run:
-        train_set, valid, test = (load_eval_set(TOKENS, split, vocab) for split in ("train", "valid", "test"))
+    with stage.tracked(f"train {name}", params, "model", "train", outs=(out.folder, out.metrics, out.history, out.curve)) as run:
+        train_set, valid, test = (load_eval_set(paths.TOKENS, split, vocab) for split in ("train", "valid", "test"))
         torch.manual_seed(cfg.seed)
         model = build(config)
         parameters = count_parameters(model)
-        run.log_params({"model": name, "family": family, "parameters": parameters, "resolved_ff_dim": config.ff_dim})
         described = ", ".join(f"{k}={v}" for k, v in changes.items())
         if changes:
             run.set_tag("seqlab.tuned", described)
@@ -72,43 +63,39 @@ def main() -> None:
         log_epoch = lambda e: run.log_metrics(  # noqa: E731
             {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "epoch_valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
         started = time.perf_counter()
-        result = train(model, cfg, train_set.segments.ids, valid.segments.ids, valid.scored, WORK, vocab.sha256,
-                       fingerprint(config.as_dict(), params.train.model_dump(), vocab.sha256, dvc_md5(TOKENS)), log_epoch)
+        task = LanguageModelTask(train_set.segments.ids, valid.segments.ids, valid.scored, vocab.sha256)
+        result = fit(model, task, cfg, out.checkpoints,
+                     fingerprint(config.as_dict(), cfg.model_dump(), vocab.sha256, dvc_md5(paths.TOKENS)), log_epoch)
         seconds = time.perf_counter() - started
-        best = load_checkpoint(f"{WORK}/best.pt", vocab.sha256)
+        best = load_checkpoint(f"{out.checkpoints}/best.pt", vocab.sha256)
         scorer = NeuralLM(best, cfg.eval_batch_size, cfg.eval_window)
         scores = {split: score(scorer, data, name) for split, data in (("valid", valid), ("test", test))}
-        with atomic_path(OUT) as tmp:
+        summary = Summary(name, "neural", config.kind, None, registered_name(family), {
+            "config": config.as_dict(), "train": cfg.model_dump(), "tuned": changes, "parameters": parameters,
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early},
+            vocab.sha256, scores["valid"], scores["test"],
+            [{k: getattr(e, k) for k in ("epoch", "train_loss", "valid_loss", "valid_ppl", "lr")} for e in result.history])
+        with atomic_path(out.folder) as tmp:
             tmp.mkdir()
-            shutil.copyfile(f"{WORK}/best.pt", tmp / "model.pt")
-            summary = {
-                "model": name, "family": "neural", "estimator": config.kind, "order": None, "registered_model": registered_name(family),
-                "config": config.as_dict(), "train": params.train.model_dump(), "tuned": changes, "parameters": parameters, "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history), "stopped_early": result.stopped_early, "vocab_sha256": vocab.sha256,
-                "history": [{k: getattr(e, k) for k in ("epoch", "train_loss", "valid_loss", "valid_ppl", "lr")} for e in result.history], **{split: s.as_dict() for split, s in scores.items()}}
-            write_json(tmp / "scores.json", summary)
-        with atomic_path(HISTORY) as tmp:
+            shutil.copyfile(f"{out.checkpoints}/best.pt", tmp / "model.pt")
+            write_json(tmp / "scores.json", summary.as_dict())
+        with atomic_path(out.history) as tmp:
             pd.DataFrame([vars(e) for e in result.history]).to_csv(tmp, index=False, float_format="%.6g")
-        plot_learning_curve(result.history, CURVE, name)
-        write_json(METRICS, {"model": name, "parameters": parameters, "best_epoch": result.best_epoch,
-                             "valid_ppl": scores["valid"].ppl, "test_ppl": scores["test"].ppl,
-                             "test_xent_bits": scores["test"].xent_bits, "train_minutes": seconds / 60})
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        run.log_metrics({"best_epoch": result.best_epoch, "train_seconds": seconds, "peak_memory_mb": peak_mb,
-                         **scores["valid"].metrics("valid"), **scores["test"].metrics("test")})
+        plot_learning_curve(result.history, out.curve, name)
+        write_json(out.metrics, {"model": name, "parameters": parameters, "best_epoch": result.best_epoch,
+                                 "valid_ppl": scores["valid"].ppl, "test_ppl": scores["test"].ppl,
+                                 "test_xent_bits": scores["test"].xent_bits, "train_minutes": seconds / 60})
         if result.resumed_from:
             run.set_tag("seqlab.resumed_from", result.resumed_from)
-        for artifact in (CURVE, HISTORY, f"{OUT}/scores.json"):
-            run.log_artifact(artifact)
-        example = torch.from_numpy(np.resize(valid.segments.ids, 16).reshape(2, 8))  # two 8-token contexts
-        version = run.log_torch_model(
-            NextToken(best), example, [f"{OUT}/model.pt", f"{VOCAB}/vocab.tsv", f"{VOCAB}/vocab.json", f"{TOKENS}/tokenizer.json"],
-            registered_name(family), version_tags(summary, OUT, TOKENS))
-        run.tag_data_hashes("deps", [TOKENS, VOCAB])
-        run.tag_data_hashes("outs", [OUT, METRICS, HISTORY, CURVE])
-    shutil.rmtree(WORK, ignore_errors=True)
+        version = stage.publish(
+            run, summary, out.folder, {"model": f"{out.folder}/model.pt"}, stage.example_context(valid, vocab),
+            params={"parameters": parameters, "resolved_ff_dim": config.ff_dim, "torch_threads": threads},
+            metrics={"best_epoch": result.best_epoch, "train_seconds": seconds,
+                     "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+            artifacts=[out.curve, out.history, f"{out.folder}/scores.json"], outs=[out.metrics, out.history, out.curve])
+    shutil.rmtree(out.checkpoints, ignore_errors=True)
     print(f"train {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f} (best epoch {result.best_epoch} "
-          f"of {len(result.history)}), {seconds / 60:.1f} min; registered as {registered_name(family)} version {version}")
+          f"of {len(result.history)}), {seconds / 60:.1f} min; registered as {summary.registered_model} version {version}")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,17 @@ import shutil
 
 import pandas as pd
 
-from seqlab import stage
+from seqlab import paths, stage
+from seqlab.config import searchable_keys
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, write_json
 from seqlab.tracking import project_root
-from seqlab.tune import load_space, overrides, plot_search, run_search, search_data
+from seqlab.tune.plot import plot_search
+from seqlab.tune.search import run_search, search_data
+from seqlab.tune.space import load_space, overrides
 from seqlab.vocab import load_vocab
 
-TOKENS, VOCAB, BEST = "data/tokens", "data/vocab", "models/tune/best_config.json"
+TOKENS, VOCAB, BEST = paths.TOKENS, paths.VOCAB, paths.TUNE_BEST
 METRICS, TRIALS, PLOT = "metrics/tune.json", "metrics/tune_trials.csv", "plots/tune.png"
 
 
@@ -23,8 +26,7 @@ METRICS, TRIALS, PLOT = "metrics/tune.json", "metrics/tune_trials.csv", "plots/t
 def main() -> None:
     params = stage.params()
     tune = params.tune
-    space = load_space(tune, stage.PARAMS_FILE)
-    model, train = params.model.model_dump(), params.train.model_dump()
+    space = load_space(tune, searchable_keys(), stage.PARAMS_FILE)
     vocab = load_vocab(VOCAB)
     with stage.tracked("tune", params, "tune", outs=(BEST, METRICS, TRIALS, PLOT)) as run:
         if not space.dimensions:
@@ -38,7 +40,7 @@ def main() -> None:
                 shutil.rmtree(storage, ignore_errors=True)  # trial checkpoints of an earlier search
             print(f"tune: {tune.num_samples} trials of up to {space.epochs} epochs on {len(data['train_ids']):,} train tokens, "
                   f"{tune.search} search, ASHA (grace {tune.grace_period}, reduction {tune.reduction_factor:g})")
-            result = run_search(space, tune, model, train, data, run.nested(), storage)
+            result = run_search(space, params, data, run.children("trial"), storage)
             table, best = result.trials, result.best
             summary = {"trials": len(table), "trial_epochs": result.trial_epochs, "full_trial_epochs": result.full_epochs,
                        "asha_fraction": result.trial_epochs / result.full_epochs, "search_minutes": result.seconds / 60,

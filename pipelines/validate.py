@@ -2,13 +2,13 @@
 
 import pandas as pd
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.corpus import SPLITS
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.io import atomic_path, read_json, read_lines, write_json
 from seqlab.validate import expectations, run_suite
 
-TOKENS, VOCAB, VOCAB_METRICS, OUT = "data/tokens", "data/vocab", "metrics/vocab.json", "data/validation"
+TOKENS, VOCAB, VOCAB_METRICS, OUT = paths.TOKENS, paths.VOCAB, "metrics/vocab.json", paths.VALIDATION
 
 
 def tables() -> dict[str, pd.DataFrame]:

@@ -1,12 +1,12 @@
 """vocab: data/tokens/train.txt -> data/vocab/{vocab.tsv,vocab.json}; size and OOV rates -> metrics/vocab.json."""
 
-from seqlab import stage
+from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import write_json
 from seqlab.tokenize import read_stream
 from seqlab.vocab import build_vocab, save_vocab
 
-IN, OUT, METRICS = "data/tokens", "data/vocab", "metrics/vocab.json"
+IN, OUT, METRICS = paths.TOKENS, paths.VOCAB, "metrics/vocab.json"
 
 
 @exit_on_error

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import SENTENCES
+
 
 
 @pytest.fixture
@@ -12,7 +13,7 @@ def corpus_dir(tmp_path: Path) -> Path:
     """A tiny directory corpus: train/valid/test.txt, one sequence per line."""
     root = tmp_path / "corpus"
     root.mkdir()
-    train = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the mat is red"] * 5
+    train = SENTENCES[:4] * 5
     (root / "train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
     (root / "valid.txt").write_text("the cat sat\nthe dog ran\n", encoding="utf-8")
     (root / "test.txt").write_text("a dog sat on the mat\nthe bird sang\n", encoding="utf-8")

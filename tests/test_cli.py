@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from seqlab.models import ModelConfig, build
+from helpers import SENTENCES, model_config
+from seqlab.models import build
 from seqlab.models.checkpoint import save_checkpoint
 from seqlab.ngram import Segments, count, estimate
 from seqlab.ngram.arpa import write_arpa
@@ -12,7 +13,7 @@ from seqlab.ngram.model_file import save_model
 from seqlab.vocab import BOS, EOS, build_vocab, save_vocab
 
 SEQLAB = Path(sys.executable).parent / "seqlab"
-TRAIN = [s.split() for s in ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 3]
+TRAIN = [s.split() for s in SENTENCES[:3] * 3]
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_model_for_another_vocabulary_fails_in_one_line(workspace):
 
 
 def neural_checkpoint(workspace, vocab) -> Path:
-    config = ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, layers=1, heads=2, memory=4, cutoffs=(5,))
+    config = model_config(len(vocab), embed_dim=8, hidden_dim=8, layers=1, heads=2, memory=4, cutoffs=(5,))
     save_checkpoint(workspace / "model.pt", build(config), vocab.sha256)
     return workspace / "model.pt"
 

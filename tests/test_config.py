@@ -6,7 +6,7 @@ import yaml
 from seqlab.config import load_params
 from seqlab.errors import SeqLabError
 
-from conftest import REPO
+from helpers import REPO
 
 
 def write_params(tmp_path: Path, change) -> Path:

@@ -1,6 +1,6 @@
 """Faults survived: divergence, a tracking server that is gone, kill -9 under `dvc repro`, reruns.
 
-Kill -9 inside train() and a crashing Ray trial are in test_train.py and test_tune.py.
+Kill -9 inside fit() and a crashing Ray trial are in test_train.py and test_tune.py.
 """
 
 import json
@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,10 @@ import torch
 from seqlab.errors import SeqLabError
 from seqlab.io import md5_file
 from seqlab.models.checkpoint import load_checkpoint
-from seqlab.train import train
-from test_pipeline import BIN, dvc, env, make_project, runs
-from test_train import CONFIG, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, build, comparable, run
+from helpers import BIN, CONFIG, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, comparable, dvc, env, make_project, run, runs, with_train
+from seqlab.models import build
+from seqlab.training import fit
+from seqlab.training.lm import LanguageModelTask
 
 ONE_LINE = "training diverged: the training loss is {value} at epoch 2 step 40 (lr 0.01); nothing saved after it"
 
@@ -44,7 +44,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(tmp
     torch.manual_seed(TRAIN.seed)
     model = poisoned(build(CONFIG), -value, 75 + 40)  # epoch 1 has 75 steps: step 40 of epoch 2
     with pytest.raises(SeqLabError) as err:
-        train(model, TRAIN, TRAIN_IDS, VALID_IDS, SCORED, tmp_path, "vocab-hash", "run-1", progress=False)
+        fit(model, LanguageModelTask(TRAIN_IDS, VALID_IDS, SCORED, "vocab-hash"), TRAIN, tmp_path, "run-1", progress=False)
     message = str(err.value)
     assert message.startswith(ONE_LINE.format(value=value)) and "\n" not in message
     assert f"{tmp_path / 'last.pt'} (epoch 2 step 35), {tmp_path / 'best.pt'} (best, epoch 1)" in message
@@ -81,7 +81,7 @@ def test_weights_that_stop_being_finite_are_never_checkpointed(tmp_path, monkeyp
 
 
 def test_a_valid_loss_that_is_not_finite_stops_training_before_the_epoch_is_saved(tmp_path, monkeypatch):
-    monkeypatch.setattr("seqlab.train.valid_loss", lambda *args: math.nan)
+    monkeypatch.setattr("seqlab.training.lm.valid_loss", lambda *args: math.nan)
     with pytest.raises(SeqLabError) as err:
         run(tmp_path)
     assert str(err.value).startswith("training diverged: the valid loss is nan at epoch 1 step 75 (lr 0.01); nothing saved after "
@@ -90,8 +90,8 @@ def test_a_valid_loss_that_is_not_finite_stops_training_before_the_epoch_is_save
 
 
 def test_same_params_and_seed_train_to_identical_metrics_and_weights(tmp_path):
-    _, first = run(tmp_path / "a", cfg=replace(TRAIN, epochs=2))
-    _, second = run(tmp_path / "b", cfg=replace(TRAIN, epochs=2))
+    _, first = run(tmp_path / "a", cfg=with_train(epochs=2))
+    _, second = run(tmp_path / "b", cfg=with_train(epochs=2))
     assert comparable(first.history) == comparable(second.history) and first.best_valid_ppl == second.best_valid_ppl
     assert md5_file(tmp_path / "a" / "best.pt") == md5_file(tmp_path / "b" / "best.pt")
 

@@ -8,16 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import LINES, model_config, train_params
 from seqlab.cli import main
-from seqlab.evaluate import eval_set
-from seqlab.generate import generate, load
-from seqlab.models import ModelConfig, build
+from seqlab.generate import generate
+from seqlab.loading import load
+from seqlab.scoring import eval_set
+from seqlab.models import build
 from seqlab.models.checkpoint import save_checkpoint
 from seqlab.tokenize import WordTokenizer, save_tokenizer
-from seqlab.train import TrainConfig, train
+from seqlab.training import fit
+from seqlab.training.lm import LanguageModelTask
 from seqlab.vocab import build_vocab, save_vocab
 
-LINES = ["the cat sat on the mat .", "the dog sat on the log .", "a cat and a dog ran ."]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,9 @@ def project(tmp_path_factory) -> Path:
     ids = eval_set(lines, vocab, 0).segments.ids
     valid = eval_set(lines[:3], vocab, 0)
     torch.manual_seed(0)
-    model = build(ModelConfig(vocab_size=len(vocab), embed_dim=24, hidden_dim=24, layers=1, memory=8, cutoffs=(5, 9)))
-    cfg = TrainConfig(batch_size=2, bptt=12, epochs=8, lr=1e-2, eval_batch_size=1)
-    train(model, cfg, ids, valid.segments.ids, valid.scored, root / "work", vocab.sha256, "f", progress=False)
+    model = build(model_config(len(vocab), embed_dim=24, hidden_dim=24, layers=1, memory=8, cutoffs=(5, 9)))
+    cfg = train_params(batch_size=2, bptt=12, epochs=8, lr=1e-2, eval_batch_size=1)
+    fit(model, LanguageModelTask(ids, valid.segments.ids, valid.scored, vocab.sha256), cfg, root / "work", "f", progress=False)
     (root / "models" / "neural").mkdir(parents=True)
     (root / "work" / "best.pt").rename(root / "models" / "neural" / "model.pt")
     return root
@@ -71,7 +73,7 @@ def test_generation_carries_state_instead_of_rereading_the_prefix(in_project):
     """The prompt is read once, then one token per call; every sampled distribution equals the one
     a full forward pass over everything before it gives."""
     loaded = load("models/neural/model.pt")
-    model, vocab = loaded.model, loaded.vocab
+    model, vocab = loaded.network, loaded.vocab
     calls, distributions = [], []
     forward, log_probs = model.forward, model.output.log_probs
     model.forward = lambda ids, state, need_weights=False: calls.append(ids.shape[1]) or forward(ids, state, need_weights)
@@ -110,7 +112,7 @@ def test_visualize_writes_a_readable_heatmap(in_project, capsys):
 def test_bad_model_files_are_one_line_errors(in_project, capsys):
     (in_project / "broken.pt").write_bytes((in_project / "models/neural/model.pt").read_bytes()[:500])
     torch.manual_seed(0)
-    save_checkpoint(in_project / "other.pt", build(ModelConfig(vocab_size=12, cutoffs=(4, 8))), "f" * 64)
+    save_checkpoint(in_project / "other.pt", build(model_config(12, cutoffs=(4, 8))), "f" * 64)
     cases = {
         "broken.pt": "broken.pt: not a readable checkpoint (corrupt or truncated?)",
         "other.pt": "other.pt: trained with vocabulary ffffffffffff, but the vocabulary given is",
@@ -126,7 +128,7 @@ def test_bad_model_files_are_one_line_errors(in_project, capsys):
 def test_a_plain_lstm_has_no_heatmap_to_draw(in_project, capsys):
     torch.manual_seed(0)
     loaded = load("models/neural/model.pt")
-    plain = build(replace(loaded.model.config, attention="none"))
+    plain = build(replace(loaded.network.config, attention="none"))
     save_checkpoint(in_project / "plain.pt", plain, loaded.vocab.sha256)
     with pytest.raises(SystemExit):
         main(["generate", "--model", "plain.pt", "--prompt", "the", "--visualize", "x.png"])

@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 
 from seqlab.errors import SeqLabError
-from seqlab.evaluate import eval_set, open_model, score
+from seqlab.loading import open_model
+from seqlab.scoring import eval_set, score
 from seqlab.hybrid import Interpolated, fit_weights, load_spec, mix, spec, weight_curve
 from seqlab.ngram import count, estimate
 from seqlab.ngram.counts import Segments
 from seqlab.ngram.model_file import save_model
 from seqlab.vocab import BOS, EOS, build_vocab
 
-TRAIN = [line.split() for line in ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "on the mat the cat"] * 3]
+from helpers import SENTENCES
+
+TRAIN = [line.split() for line in [*SENTENCES[:3], SENTENCES[5]] * 3]
 VALID = [line.split() for line in ["the cat sat on a log", "a dog and the cat", "the mat"]]
 VOCAB = build_vocab(TRAIN)
 
@@ -55,8 +58,6 @@ def test_bad_weights_are_refused():
 
 
 def test_a_hybrid_file_scores_and_predicts_like_its_parts_mixed(tmp_path):
-    from seqlab.generate import Loaded, next_log_probs
-
     parts = {"mkn-2": ngram("mkn", 2), "laplace-1": ngram("laplace", 1)}
     files = []
     for name, model in parts.items():
@@ -71,10 +72,11 @@ def test_a_hybrid_file_scores_and_predicts_like_its_parts_mixed(tmp_path):
     scores = score(hybrid, valid)
     assert scores.ppl <= min(score(m, valid).ppl for m in parts.values())
     assert scores.nll_nats == pytest.approx(-mix(log_probs, weights).sum(), rel=1e-12)
-    loaded = Loaded(None, VOCAB, None, hybrid)
     for context in (["the"], ["a", "cat"], []):
         ids = [VOCAB.index[BOS], *VOCAB.encode(context)]
-        assert np.exp(next_log_probs(loaded, ids)).sum() == pytest.approx(1.0, abs=1e-9)
+        mixed = mix([m.next_log_probs(ids) for m in parts.values()], weights)
+        assert np.exp(hybrid.next_log_probs(ids)).sum() == pytest.approx(1.0, abs=1e-9)
+        assert np.allclose(hybrid.next_log_probs(ids), mixed)
 
 
 def test_a_changed_or_missing_part_is_refused(tmp_path):

@@ -2,13 +2,15 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
-from seqlab.models import ModelConfig, build, count_parameters, matched_ff_dim
+from helpers import model_config
+from seqlab.models import build, count_parameters, matched_ff_dim
 from seqlab.models.attention import band_mask
 
-TINY = ModelConfig(vocab_size=40, embed_dim=16, hidden_dim=16, layers=2, heads=4, memory=5, cutoffs=(8, 20))
+TINY = model_config(40, embed_dim=16, hidden_dim=16, layers=2, heads=4, memory=5, cutoffs=(8, 20))
 VARIANTS = [
     *(replace(TINY, attention=a) for a in ("none", "dot", "general", "additive", "multihead")),
     replace(TINY, rnn="gru"),
@@ -99,3 +101,24 @@ def test_transformer_baseline_matches_the_parameter_count():
 def test_multihead_needs_heads_dividing_the_width():
     with pytest.raises(ValueError, match="not divisible"):
         build(replace(TINY, attention="multihead", heads=3))
+
+
+@pytest.mark.parametrize("changes", [{}, {"attention": "multihead"}, {"rnn": "gru", "attention": "additive"}])
+def test_a_long_context_is_read_window_by_window_with_the_answer_of_reading_it_whole(changes):
+    """A served request may be any length: read in windows with the state carried, memory stays bounded
+    by the window and the model's memory, and the next-token distribution is the one-pass answer.
+    (The Transformer baseline recomputes its ``memory`` tokens in each window, as in training, so for
+    it the windowed answer is the one training defines, not the one-pass one.)"""
+    from seqlab.models.neural_lm import NeuralLM
+
+    torch.manual_seed(0)
+    model = build(replace(TINY, **changes)).eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 700), generator=torch.Generator().manual_seed(1))[0].tolist()
+    whole = NeuralLM(model, window=10_000).next_log_probs(ids)
+    windowed = NeuralLM(model, window=16).next_log_probs(ids)
+    assert np.exp(windowed).sum() == pytest.approx(1.0, abs=1e-6)
+    assert np.abs(windowed - whole).max() < 1e-5
+    # the answer depends on the context, and a short context is read the same way
+    short = ids[-5:]
+    assert np.abs(NeuralLM(model, window=2).next_log_probs(short) - NeuralLM(model, window=10_000).next_log_probs(short)).max() < 1e-5
+    assert np.abs(NeuralLM(model, window=16).next_log_probs(short) - whole).max() > 1e-4

@@ -12,11 +12,9 @@ from seqlab.ngram.arpa import read_arpa, write_arpa
 from seqlab.ngram.model_file import load_model, save_model
 from seqlab.vocab import BOS, EOS, build_vocab
 
-TRAIN = [
-    line.split()
-    for line in ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the mat is red",
-                 "a red dog sat", "on the mat the cat"] * 3
-]
+from helpers import SENTENCES
+
+TRAIN = [line.split() for line in SENTENCES * 3]
 VALID = [line.split() for line in ["the cat sat", "the dog ran on a mat", "a bird", "red red red"]]
 VOCAB = build_vocab(TRAIN)
 V, B, E = len(VOCAB), VOCAB.index[BOS], VOCAB.index[EOS]
@@ -175,9 +173,8 @@ def test_char_ngrams_sum_to_one_and_match_kenlm(tmp_path):
     for line in test:
         assert loaded.score(" ".join(line), bos=True, eos=True) == pytest.approx(ours[start + 1 : start + len(line) + 2].sum(), abs=1e-4)
         start += len(line) + 2
-    from seqlab.ngram.next_token import next_token_probs
-
-    assert next_token_probs(model, vocab, list("the c")).sum() == pytest.approx(1.0, abs=1e-9)
+    next_probs = np.exp(model.next_log_probs([bos, *vocab.encode(list("the c"))]))
+    assert next_probs.sum() == pytest.approx(1.0, abs=1e-9) and next_probs[bos] == 0
 
 
 class Boom:

@@ -8,67 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import BIN, REPO, copy_project, dvc, env, free_port, make_project, runs, sh
 
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def make_project(root: Path, **changes) -> Path:
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("pipelines", "src", "configs"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    corpus = root / "data" / "corpus"
-    corpus.mkdir(parents=True)
-    train = ["the cat sat on the mat .", "the dog sat on the log .", "a cat and a dog ran ."] * 4
-    (corpus / "train.txt").write_text("\n".join(train) + "\n")
-    (corpus / "valid.txt").write_text("the cat ran .\nthe dog sat on a mat .\n")
-    (corpus / "test.txt").write_text("a dog sat on the mat .\nthe cat and the log .\n")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source="directory", path="data/corpus")
-    params["vocab"].update(min_freq=1)
-    params["ngram"].update(orders=[1, 3])
-    params["model"].update(embed_dim=16, hidden_dim=16, layers=1, memory=4, cutoffs=[5, 10])
-    params["train"].update(batch_size=2, bptt=8, epochs=2, eval_batch_size=2, checkpoint_every=3)
-    params["tune"].update(epochs=2, num_samples=2, reduction_factor=2, train_tokens=None,
-                          optimization_config={"lr": {"min": 1.0e-3, "max": 1.0e-2}, "hidden_dim": {"values": [8, 16]}})
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        params[section][key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(root, "git", "init", "-q")
-    sh(root, str(BIN / "dvc"), "init", "-q")
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
-    return root
-
-
-def env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "false"}
-
-
-def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(root, str(BIN / "dvc"), *args, check=check)
-
-
-def runs(root: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=["seqlab"], order_by=["attributes.start_time ASC"])
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +87,8 @@ def test_second_repro_changes_nothing(project):
     assert dvc(project, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_param_change_reruns_only_what_it_touches_under_a_new_parent(project):
+def test_param_change_reruns_only_what_it_touches_under_a_new_parent(project, tmp_path):
+    project = copy_project(project, tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ngram"]["orders"] = [1, 2, 3]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -237,14 +185,20 @@ def test_training_run_logs_epochs_and_registers_a_model(project):
     [version] = client.search_model_versions("name='seqlab-lstm_attention'")
     assert version.tags["model"] == "lstm-dot" and version.run_id == run_id
 
-    flavour = mlflow.pytorch.load_model(f"models:/seqlab-lstm_attention/{version.version}")
+    served = mlflow.pyfunc.load_model(f"models:/seqlab-lstm_attention/{version.version}")  # the pyfunc every family is
     from seqlab.models.checkpoint import load_checkpoint
-    from seqlab.models.scoring import NextToken
+    from seqlab.models.neural_lm import NeuralLM
     from seqlab.vocab import load_vocab
 
-    checkpoint = load_checkpoint(project / "models" / "neural" / "model.pt", load_vocab(project / "data" / "vocab").sha256)
-    ids = __import__("torch").tensor([[1, 4, 5, 6], [1, 7, 8, 9]])
-    assert (flavour(ids) - NextToken(checkpoint)(ids)).abs().max() < 1e-6
+    vocab = load_vocab(project / "data" / "vocab")
+    checkpoint = NeuralLM(load_checkpoint(project / "models" / "neural" / "model.pt", vocab.sha256))
+    contexts = ["<s> the cat", "<s> a dog sat on the"]
+    rows = served.predict(pd.DataFrame({"context": contexts}), params={"top_k": 0})
+    for i, context in enumerate(contexts):
+        mine = rows[rows.context_index == i].set_index("token")["probability"]
+        expected = np.exp(checkpoint.next_log_probs(vocab.encode(context.split())))
+        assert mine.sum() == pytest.approx(1.0, abs=1e-6)
+        assert np.allclose([mine.get(token, 0.0) for token in vocab.tokens], expected, atol=1e-6)
 
     by_path = sh(project, str(BIN / "seqlab"), "predict", "--context", "the cat sat on the", "--top-k", "3")
     by_uri = sh(project, str(BIN / "seqlab"), "predict", "--model", "models:/seqlab-lstm_attention/1", "--context", "the cat sat on the", "--top-k", "3")
@@ -370,7 +324,8 @@ def test_the_champion_is_the_best_model_and_predicts_from_the_registry(project):
     assert sum(float(line.split()[0]) for line in hybrid.stdout.splitlines()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_an_identical_rerun_leaves_the_champion_untouched(project):
+def test_an_identical_rerun_leaves_the_champion_untouched(project, tmp_path):
+    project = copy_project(project, tmp_path / "project")
     client = registry(project)
     name, version = champion_of(client)
     folder = pd.read_csv(project / "metrics" / "leaderboard.csv").path.iloc[0]
@@ -395,6 +350,7 @@ def retrain_step(root: Path, name: str, summary: Path) -> subprocess.CompletedPr
 
 
 def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_remote(project, tmp_path):
+    project = copy_project(project, tmp_path / "project")
     summary = tmp_path / "summary.md"
     diff = retrain_step(project, "Metrics against", summary)
     assert diff.returncode == 0, diff.stderr
@@ -408,7 +364,7 @@ def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_re
     assert broken.returncode != 0  # as the workflow's shell runs it, a failing diff fails the step
 
     assert "no DVC remote configured" in retrain_step(project, "Pull", summary).stdout
-    remote, gitignore = tmp_path / "remote", (project / "data" / ".gitignore").read_text()
+    remote = tmp_path / "remote"
     dvc(project, "remote", "add", "-d", "ci", str(remote))
     try:
         assert "no DVC-tracked data" in retrain_step(project, "Pull", summary).stdout
@@ -431,13 +387,8 @@ def test_the_retrain_workflow_steps_compare_metrics_report_the_gate_and_use_a_re
         pulled = retrain_step(project, "Pull", summary)
         assert pulled.returncode == 0, pulled.stderr
         assert (extra / "train.txt").read_text() == "a new version of the corpus\n" and " fetched" in pulled.stdout
-    finally:  # the project as the other tests know it
+    finally:
         dvc(project, "remote", "remove", "ci")
-        sh(project, "git", "rm", "-q", "--cached", "--ignore-unmatch", "data/extra.dvc")
-        sh(project, "git", "reset", "-q", "data/.gitignore")
-        (project / "data" / "extra.dvc").unlink(missing_ok=True)
-        shutil.rmtree(project / "data" / "extra", ignore_errors=True)
-        (project / "data" / ".gitignore").write_text(gitignore)
 
 
 def test_the_mlflow_ui_shows_every_model_and_the_champion_in_a_browser(project, tmp_path):
@@ -568,3 +519,72 @@ def test_missing_corpus_path_stops_repro_before_the_stage_runs(tmp_path):
     assert result.returncode != 0
     assert f"ERROR: failed to reproduce 'prepare': [Errno 2] No such file or directory: '{root / 'data' / 'nope'}'" in result.stderr
     assert not (root / "data" / "prepared").exists()
+
+
+def serve(project: Path, uri: str, log: Path):
+    """``mlflow models serve`` of a registered model on 127.0.0.1, in the project's own environment."""
+    import time
+
+    import requests
+
+    port = free_port()
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=project, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"mlflow models serve {uri} stopped:\n{log.read_text()[-2000:]}"
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                return server, f"http://127.0.0.1:{port}"
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    os.killpg(server.pid, 9)
+    raise AssertionError(f"mlflow models serve {uri} did not answer in 180 s:\n{log.read_text()[-2000:]}")
+
+
+def test_every_family_answers_the_same_request_under_mlflow_models_serve(project, tmp_path):
+    import signal
+
+    import requests
+
+    from seqlab.vocab import load_vocab
+
+    vocab = load_vocab(project / "data" / "vocab")
+    contexts = ["<s> the cat", "<s> a dog sat on the"]
+    request = {"dataframe_split": {"columns": ["context"], "data": [[c] for c in contexts]}, "params": {"top_k": 0}}
+    answers = {}
+    for uri in ("models:/seqlab-lstm_attention/1", "models:/seqlab-ngram/1"):
+        server, base = serve(project, uri, tmp_path / "serve.log")
+        try:
+            response = requests.post(f"{base}/invocations", json=request, timeout=120)
+            assert response.status_code == 200, response.text[:500]
+            answers[uri] = rows = pd.DataFrame(response.json()["predictions"])
+            assert list(rows.columns) == ["context_index", "token", "probability"]
+            for i in range(len(contexts)):
+                mine = rows[rows.context_index == i]
+                assert mine.probability.sum() == pytest.approx(1.0, abs=1e-6)  # the whole vocabulary, top_k=0
+                assert set(mine.token) <= set(vocab.tokens) and mine.token.is_unique
+            one = requests.post(f"{base}/invocations", json={**request, "params": {"top_k": 3}}, timeout=120).json()["predictions"]
+            assert len(one) == 3 * len(contexts)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+    neural, ngram = answers.values()
+    assert not neural.equals(ngram)  # two models, one interface
+
+
+def test_the_ngram_model_is_served_without_torch(project):
+    code = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlruns' / 'mlflow.db'}')\n"
+        "model = mlflow.pyfunc.load_model('models:/seqlab-ngram/1')\n"
+        "rows = model.predict(pd.DataFrame({'context': ['<s> the cat']}), params={'top_k': 0})\n"
+        "assert abs(rows.probability.sum() - 1) < 1e-9, rows.probability.sum()\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])\n"
+    )
+    result = sh(project, sys.executable, "-c", code)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -4,7 +4,7 @@ import pytest
 
 from seqlab.errors import SeqLabError
 from seqlab.io import dvc_md5
-from seqlab.registry import Version, apply, current_champion, decide, describe, find_version, neural_family
+from seqlab.registry import Version, apply, current_champion, decide, describe, find_version, neural_family, task_of
 
 
 def version(name="seqlab-ngram", number="1", ppl=100.0, fingerprint="test-a", vocab="vocab-a", model_hash=None, model="m"):
@@ -67,19 +67,21 @@ def client(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def register(client, tmp_path, name, ppl, fingerprint="test-a"):
+def register(client, tmp_path, name, ppl, fingerprint="test-a", task=None):
     folder = tmp_path / f"{name}-{ppl}"
     folder.mkdir()
     (folder / "model.npz").write_text(f"{name} {ppl}")
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
     created = client.create_model_version(name, source=folder.as_uri(), tags={
-        "test_ppl": repr(ppl), "test_fingerprint": fingerprint, "vocab_sha256": "v", "model_hash": dvc_md5(folder), "model": name})
+        "test_ppl": repr(ppl), "test_fingerprint": fingerprint, "vocab_sha256": "v", "model_hash": dvc_md5(folder), "model": name,
+        **({"task": task} if task else {})})
     return folder, created.version
 
 
 def gate(client, folder, name):
-    decision = decide(find_version(client, name, folder), current_champion(client))
+    candidate = find_version(client, name, folder)
+    decision = decide(candidate, current_champion(client, task_of(candidate.tags)))
     apply(client, decision)
     return decision
 
@@ -132,3 +134,22 @@ def test_a_challenger_promoted_later_loses_the_challenger_alias(client, tmp_path
     apply(client, decision)
     assert client.get_registered_model("seqlab-hybrid").aliases == {"champion": int(other_version)}
     assert "champion" not in client.get_registered_model("seqlab-ngram").aliases
+
+
+def test_each_task_has_a_champion_of_its_own(client, tmp_path):
+    lm, lm_version = register(client, tmp_path, "seqlab-ngram", 180.0, task="lm")
+    assert gate(client, lm, "seqlab-ngram").outcome == "promoted"
+    # a sequence-to-sequence model with a far lower perplexity never competes with the language model
+    other, other_version = register(client, tmp_path, "seqlab-seq2seq", 2.0, task="seq2seq")
+    decision = gate(client, other, "seqlab-seq2seq")
+    assert decision.outcome == "promoted" and decision.reason == "there was no champion"
+    assert client.get_registered_model("seqlab-ngram").aliases == {"champion": int(lm_version)}
+    assert client.get_registered_model("seqlab-seq2seq").aliases == {"champion": int(other_version)}
+    assert current_champion(client, "lm").name == "seqlab-ngram" and current_champion(client, "seq2seq").name == "seqlab-seq2seq"
+    assert current_champion(client).name == "seqlab-ngram"  # versions without a task tag are language models
+    better, _ = register(client, tmp_path, "seqlab-hybrid", 100.0)  # no task tag: a language model
+    assert gate(client, better, "seqlab-hybrid").outcome == "promoted"
+    assert "champion" not in client.get_registered_model("seqlab-ngram").aliases
+    assert client.get_registered_model("seqlab-seq2seq").aliases == {"champion": int(other_version)}
+    with pytest.raises(SeqLabError, match=r"cannot be compared with .* each task has a champion of its own"):
+        decide(find_version(client, "seqlab-seq2seq", other), current_champion(client, "lm"))

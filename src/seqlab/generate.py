@@ -1,10 +1,4 @@
-"""Prediction, generation and attention heatmaps.
-
-A model is given as a file of the project (a neural ``model.pt``, an n-gram ``model.npz``, a hybrid's
-``hybrid.json``, with the project's vocabulary and tokenizer) or as an MLflow model URI
-(``models:/seqlab-hybrid@champion``, ``models:/seqlab-lstm_attention/3``, ``runs:/<id>/model``),
-whose registered version carries its model files, vocabulary and tokenizer. Checkpoints are read
-with ``weights_only=True``; nothing pickled is executed.
+"""Prediction, generation and attention heatmaps, on a model from ``seqlab.loading``.
 
 Every model predicts the next token; only neural models generate and draw attention. Text is
 tokenized with the project's tokenizer and read as the start of a sequence (after ``<s>``).
@@ -20,99 +14,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from seqlab.errors import SeqLabError
-from seqlab.evaluate import LanguageModel, open_model
-from seqlab.tokenize import Tokenizer, load_tokenizer
-from seqlab.vocab import BOS, EOS, UNK, Vocab, load_vocab
+from seqlab.loading import Loaded
+from seqlab.vocab import BOS, EOS, UNK
+from seqlab.plots import pyplot, save
 
 
 NOT_NEURAL = "generation needs a neural model (this is an n-gram model or a hybrid); `seqlab predict` works with every model"
-
-
-@dataclass
-class Loaded:
-    model: nn.Module | None  # the network of a neural model (generation, attention); None otherwise
-    vocab: Vocab
-    tokenizer: Tokenizer
-    scorer: LanguageModel  # what predicts: NeuralLM, an n-gram model or a hybrid
-
-
-def load(model: str, vocab_dir: str | Path = "data/vocab", tokenizer_path: str | Path = "data/tokens/tokenizer.json",
-         device: str = "cpu") -> Loaded:
-    """A model file or an MLflow ``models:/`` / ``runs:/`` URI, with its vocabulary and tokenizer."""
-    if model.startswith(("models:/", "runs:/")):
-        return load_files(_download(model), model, device)
-    vocab = load_vocab(vocab_dir)
-    if not Path(tokenizer_path).is_file():
-        raise SeqLabError(f"{tokenizer_path}: tokenizer not found (run `dvc repro tokenize`, or pass --tokenizer)")
-    return _loaded(open_model(model, vocab, device=device), vocab, load_tokenizer(tokenizer_path))
-
-
-def load_files(root: Path, name: str, device: str = "cpu") -> Loaded:
-    """A registered model's files as downloaded: ``extra_files/`` (PyTorch flavour: model.pt,
-    vocab.tsv/json, tokenizer.json) or ``artifacts/`` (pyfunc: hybrid.json or model.npz, vocab/,
-    tokenizer.json); ``root`` may also be that folder itself."""
-    for files in (root / "extra_files", root / "artifacts", root):
-        found = [files / f for f in ("hybrid.json", "model.pt", "model.npz") if (files / f).is_file()]
-        if found:
-            break
-    else:
-        raise SeqLabError(f"{name}: not a SeqLab model (no model.pt, hybrid.json or model.npz among its files)")
-    vocab = load_vocab(files / "vocab" if (files / "vocab").is_dir() else files)
-    if not (files / "tokenizer.json").is_file():
-        raise SeqLabError(f"{name}: no tokenizer.json among its files (registered before models carried one; rerun its stage)")
-    return _loaded(open_model(found[0], vocab, files=files, device=device), vocab, load_tokenizer(files / "tokenizer.json"))
-
-
-def _loaded(scorer: LanguageModel, vocab: Vocab, tokenizer: Tokenizer) -> Loaded:
-    from seqlab.models.scoring import NeuralLM
-
-    return Loaded(scorer.model if isinstance(scorer, NeuralLM) else None, vocab, tokenizer, scorer)
-
-
-def _download(uri: str) -> Path:
-    import mlflow
-
-    from seqlab.tracking import connect
-
-    connect()
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as err:  # MlflowException and storage errors alike: one line for the user
-        raise SeqLabError(f"{uri}: cannot fetch the model: {str(err).splitlines()[0][:200]}") from None
 
 
 def encode_prompt(loaded: Loaded, text: str) -> list[int]:
     return [loaded.vocab.index[BOS], *loaded.vocab.encode(loaded.tokenizer.tokenize(text))]
 
 
-@torch.no_grad()
-def next_log_probs(loaded: Loaded, ids: list[int], scorer: LanguageModel | None = None) -> np.ndarray:
-    """Natural-log probability of every vocabulary id after ``ids`` (which start at ``<s>`` for a
-    sequence start); sums to 1 in probability for every kind of model."""
-    from seqlab.hybrid import Interpolated, mix
-    from seqlab.models.scoring import NeuralLM
-    from seqlab.ngram.next_token import next_token_probs
-
-    scorer = loaded.scorer if scorer is None else scorer
-    if isinstance(scorer, Interpolated):
-        return mix([next_log_probs(loaded, ids, part) for part in scorer.models], scorer.weights)
-    if isinstance(scorer, NeuralLM):
-        model = scorer.model
-        inputs = torch.tensor([ids], device=next(model.parameters()).device)
-        features, _, _ = model(inputs, model.init_state(1, inputs.device))
-        return model.output.log_probs(features[0, -1]).double().cpu().numpy()
-    with np.errstate(divide="ignore"):
-        return np.log(next_token_probs(scorer, loaded.vocab, [loaded.vocab.tokens[i] for i in ids]))
-
-
 def predict(loaded: Loaded, context: str, top_k: int = 5) -> list[tuple[str, float]]:
     """The ``top_k`` most likely next tokens after ``context`` (0: all) and their probabilities."""
     if top_k < 0:
         raise SeqLabError(f"--top-k must be 0 (all) or more (got {top_k})")
-    probs = np.exp(next_log_probs(loaded, encode_prompt(loaded, context)))
+    probs = np.exp(loaded.scorer.next_log_probs(encode_prompt(loaded, context)))
     best = np.argsort(-probs, kind="stable")[: top_k or None]
     return [(loaded.vocab.tokens[i], float(probs[i])) for i in best]
 
@@ -141,7 +61,7 @@ def generate(loaded: Loaded, prompt: str, max_tokens: int = 60, temperature: flo
     sampled ``</s>`` the model is fed ``<s>`` and goes on with a new sequence."""
     if temperature <= 0:
         raise SeqLabError(f"--temperature must be positive (got {temperature})")
-    model, vocab = loaded.model, loaded.vocab
+    model, vocab = loaded.network, loaded.vocab
     if model is None:
         raise SeqLabError(NOT_NEURAL)
     device = next(model.parameters()).device
@@ -197,12 +117,8 @@ def detokenize(loaded: Loaded, tokens: list[str]) -> str:
 def plot_attention(generation: Generation, path: str | Path, last: int = 80) -> None:
     """Heatmap of attention weights: a row per predicted position (labelled with the token it
     predicts), a column per attended position (labelled with its token); the last ``last`` rows."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from seqlab.io import atomic_path
 
     if not generation.attention:
         raise SeqLabError("this model has no attention weights to show (model.attention: none)")
@@ -229,9 +145,7 @@ def plot_attention(generation: Generation, path: str | Path, last: int = 80) -> 
     ax.set_title("Attention weights while generating (blank: outside the attention span)")
     fig.colorbar(image, ax=ax, fraction=0.03, extend="max", label="attention weight")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def _fed_tokens(tokens: list[str]) -> list[str]:

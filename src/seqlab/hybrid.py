@@ -15,9 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from seqlab.errors import SeqLabError
-from seqlab.evaluate import LanguageModel
 from seqlab.io import md5_file, read_json
-from seqlab.ngram.counts import Segments
+from seqlab.scoring import LanguageModel, Segments
+from seqlab.plots import pyplot, save
 
 
 def mix(log_probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -55,6 +55,9 @@ class Interpolated:
     def log_probs(self, segments: Segments) -> np.ndarray:
         return mix([model.log_probs(segments) for model in self.models], self.weights)
 
+    def next_log_probs(self, ids: Sequence[int]) -> np.ndarray:
+        return mix([model.next_log_probs(ids) for model in self.models], self.weights)
+
 
 class Remembered:
     """A model whose log-probabilities are kept per segments object: fitting, scoring and the weight
@@ -68,6 +71,9 @@ class Remembered:
         if key not in self._seen:
             self._seen[key] = (segments, self.model.log_probs(segments))  # holding segments keeps the id unique
         return self._seen[key][1]
+
+    def next_log_probs(self, ids: Sequence[int]) -> np.ndarray:
+        return self.model.next_log_probs(ids)
 
 
 def spec(parts: Sequence[tuple[str, str | Path]], weights: Sequence[float], iterations: int) -> dict:
@@ -104,12 +110,8 @@ def weight_curve(log_probs: Sequence[np.ndarray], points: int = 51) -> tuple[np.
 
 def plot_weights(valid: Sequence[np.ndarray], test: Sequence[np.ndarray], weight: float, names: Sequence[str], path: str | Path) -> None:
     """Valid and test perplexity against the weight of the first model, the fitted weight marked."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from seqlab.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for split, log_probs in (("valid", valid), ("test", test)):
@@ -125,6 +127,4 @@ def plot_weights(valid: Sequence[np.ndarray], test: Sequence[np.ndarray], weight
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save(fig, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from seqlab.errors import SeqLabError
-from seqlab.io import atomic_path
+from seqlab.plots import pyplot, save
 
 METRICS = ("ppl", "xent_nats", "xent_bits", "bits_per_char")
 
@@ -57,10 +57,7 @@ def dvc_metrics(board: pd.DataFrame) -> dict:
 def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
     """Test perplexity against order, one line per n-gram estimator (infinite perplexities left out);
     each neural model and the hybrid, which have no order, are dashed horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
     ngram = board[board.family == "ngram"]
@@ -83,9 +80,7 @@ def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
         ax.plot([], [], linestyle="none", label=f"{', '.join(missing)}: inf (unseen n-grams)")
     ax.legend(title="model", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def learning_curves(histories: dict[str, list[dict]]) -> pd.DataFrame:
@@ -99,10 +94,7 @@ def learning_curves(histories: dict[str, list[dict]]) -> pd.DataFrame:
 def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> None:
     """Train and valid perplexity by epoch for each neural model (``{model name: history}``); a star
     marks the best epoch on valid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, history) in enumerate(histories.items()):
@@ -119,6 +111,4 @@ def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save(fig, path)

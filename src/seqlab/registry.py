@@ -6,9 +6,11 @@ Families: ``seqlab-ngram``, ``seqlab-lstm_attention``, ``seqlab-lstm`` (no atten
 hash of the token data, the vocabulary hash, the test-set fingerprint, its perplexities and the DVC
 hash of its model directory (which is how the ``register`` stage finds the version of a model file).
 
-The alias ``champion`` is held by one version across all families: the best model so far. The gate
-moves it only to a model with a strictly lower test perplexity on the same test tokens and
-vocabulary; a model that does not beat it gets ``challenger`` in its own family, and the reason.
+Every version is tagged with its task (``task``: ``lm`` for a language model), and each task has its
+own ``champion``: one version across the families of that task, the best model so far. The gate
+compares a candidate only with the champion of its own task, and moves the alias only to a model with
+a strictly lower test perplexity on the same test tokens and vocabulary; a model that does not beat
+it gets ``challenger`` in its own family, and the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from seqlab.io import dvc_md5
 PREFIX = "seqlab-"
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "seqlab.gate"
+TASK_TAG = "task"
+LANGUAGE_MODEL = "lm"  # the task of versions registered before versions carried one
 
 
 def registered_name(family: str) -> str:
@@ -37,12 +41,17 @@ def neural_family(kind: str, rnn: str, attention: str) -> str:
     return rnn if attention == "none" else f"{rnn}_attention"
 
 
-def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path) -> dict[str, str]:
+def task_of(tags: Mapping[str, str]) -> str:
+    return tags.get(TASK_TAG, LANGUAGE_MODEL)
+
+
+def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path, task: str = LANGUAGE_MODEL) -> dict[str, str]:
     """What a registered version was built from and how it scored (``summary`` is its scores.json)."""
     from seqlab.tracking import git_commit, project_root
 
     return {
         "model": summary["model"],
+        TASK_TAG: task,
         "git_commit": git_commit(project_root()) or "unknown",
         "data_hash": dvc_md5(tokens_dir),
         "vocab_sha256": summary["vocab_sha256"],
@@ -86,6 +95,9 @@ class Decision:
 
 def decide(candidate: Version, champion: Version | None, on_new_test_set: str = "challenger") -> Decision:
     """The gate, on data alone: promote, make a challenger, or keep things as they are."""
+    if champion is not None and task_of(champion.tags) != task_of(candidate.tags):
+        raise SeqLabError(f"registry: {candidate.label} ({task_of(candidate.tags)}) cannot be compared with "
+                          f"{champion.label} ({task_of(champion.tags)}): each task has a champion of its own")
     if champion is None:
         return Decision("promoted", "there was no champion", candidate, None)
     if (candidate.name, candidate.version) == (champion.name, champion.version):
@@ -117,12 +129,14 @@ def find_version(client, name: str, model_dir: str | Path) -> Version:
     return Version(name, str(newest.version), dict(newest.tags))
 
 
-def current_champion(client) -> Version | None:
-    """The version holding ``champion`` among the ``seqlab-*`` registered models, if any."""
+def current_champion(client, task: str = LANGUAGE_MODEL) -> Version | None:
+    """The version holding ``champion`` among the ``seqlab-*`` registered models of ``task``, if any."""
     holders = []
     for model in client.search_registered_models(f"name LIKE '{PREFIX}%'"):
         if CHAMPION in model.aliases:
-            holders.append(client.get_model_version_by_alias(model.name, CHAMPION))
+            version = client.get_model_version_by_alias(model.name, CHAMPION)
+            if task_of(version.tags) == task:
+                holders.append(version)
     if len(holders) > 1:
         names = ", ".join(f"{v.name} v{v.version}" for v in holders)
         raise SeqLabError(f"registry: more than one model holds the alias {CHAMPION} ({names}); remove all but one in the MLflow UI")

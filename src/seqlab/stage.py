@@ -1,17 +1,22 @@
-"""What every stage script shares: params loaded once, and the stage's MLflow run."""
+"""What every stage script shares: params loaded once, the stage's MLflow run with its outputs removed
+on failure, and the tail of every model stage (``publish``: log, register, tag)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
+from seqlab import paths
 from seqlab.config import Params, load_params
 from seqlab.io import remove
+from seqlab.loading import DEFAULT_TOP_K
+from seqlab.registry import LANGUAGE_MODEL, version_tags
+from seqlab.scoring import EvalSet, Summary
 from seqlab.tracking import StageRun, stage_run
 
-PARAMS_FILE = Path("params.yaml")
+PARAMS_FILE = Path(paths.PARAMS)
 
 
 def params() -> Params:
@@ -20,7 +25,37 @@ def params() -> Params:
 
 def neural_folders(params: Params) -> dict[str, str]:
     """Where the neural models are: ``tuned`` (the train stage) and each baseline, by name."""
-    return {"tuned": "models/neural", **{name: f"models/baselines/{name}" for name in params.baselines}}
+    return paths.neural_folders(params.baselines)
+
+
+def example_context(data: EvalSet, vocab, length: int = 6) -> str:
+    """A served model's input example: the first tokens of a split, from a sequence start."""
+    return " ".join(vocab.tokens[i] for i in data.segments.ids[:length])
+
+
+def publish(run: StageRun, summary: Summary, folder: str, files: Mapping[str, str], example: str, *,
+            params: Mapping[str, object] = {}, metrics: Mapping[str, float] = {}, artifacts: Sequence[str] = (),
+            tags: Mapping[str, str] = {}, deps: Sequence[str] = (), outs: Sequence[str] = (),
+            task: str = LANGUAGE_MODEL) -> str:
+    """The tail every model stage shares, after ``folder`` (with its ``scores.json``) is written: log
+    the summary's params and metrics with the stage's own, log ``artifacts``, register the model
+    (``files``, with the vocabulary and tokenizer) as a new version of ``summary.registered_model``
+    served by the one pyfunc, tag it with what it was built from, and tag the run with the DVC hashes
+    of the data it read and wrote. Returns the version."""
+    import pandas as pd
+
+    run.log_params({"model": summary.model, "family": summary.family, **params})
+    run.log_metrics({**metrics, **summary.metrics()})
+    run.set_tag("seqlab.vocab_sha256", summary.vocab_sha256)
+    for artifact in artifacts:
+        run.log_artifact(artifact)
+    version = run.log_pyfunc_model(
+        {**files, "vocab": paths.VOCAB, "tokenizer": paths.TOKENIZER}, summary.registered_model,
+        pd.DataFrame({"context": [example]}), {"top_k": DEFAULT_TOP_K},
+        {**tags, **version_tags(summary.as_dict(), folder, paths.TOKENS, task)})
+    run.tag_data_hashes("deps", [paths.TOKENS, paths.VOCAB, *deps])
+    run.tag_data_hashes("outs", [folder, *outs])
+    return version
 
 
 @contextlib.contextmanager

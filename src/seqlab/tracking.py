@@ -150,10 +150,10 @@ class StageRun:
     def __init__(self, mlflow, run_id: str, root: Path):
         self._mlflow, self.run_id, self._root = mlflow, run_id, root
 
-    def nested(self) -> tuple:
-        """(client, experiment id, this run's id): what runs logged as this run's children need."""
+    def children(self, kind: str) -> "ChildRuns":
+        """Runs of ``kind`` (a search's trials) logged as children of this one, from any thread."""
         client = self._mlflow.MlflowClient()
-        return client, client.get_run(self.run_id).info.experiment_id, self.run_id
+        return ChildRuns(client, client.get_run(self.run_id).info.experiment_id, self.run_id, kind)
 
     def set_tag(self, key: str, value: str) -> None:
         self._mlflow.set_tag(key, value)
@@ -194,13 +194,17 @@ class StageRun:
     ) -> str:
         """Log a pyfunc model from code (``seqlab/pyfunc_model.py``; nothing pickled) over ``artifacts``
         with the seqlab package beside it, register a new version of ``registered_name`` with ``tags``,
-        and return the version number."""
+        and return the version number. torch is a requirement only where a ``.pt`` file is among the
+        artifacts (a neural model, or a hybrid with a neural part)."""
         import seqlab
         from mlflow.models import infer_signature
         from mlflow.pyfunc import log_model
 
-        import torch
+        requirements = ["numpy", "pandas", "pyyaml", "pydantic"]
+        if any(str(path).endswith(".pt") for path in artifacts.values()):
+            import torch
 
+            requirements.append(f"torch=={torch.__version__.split('+')[0]}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             signature = infer_signature(input_example, params=dict(params))
@@ -209,48 +213,15 @@ class StageRun:
                 python_model=str(Path(seqlab.__file__).parent / "pyfunc_model.py"),
                 artifacts=dict(artifacts),
                 code_paths=[str(Path(seqlab.__file__).parent)],
-                signature=signature,  # seqlab's loader imports torch (a hybrid's neural part needs it)
-                pip_requirements=["numpy", "pandas", "pyyaml", "pydantic", f"torch=={torch.__version__.split('+')[0]}"],
+                signature=signature,
+                pip_requirements=requirements,
                 registered_model_name=registered_name,
             )
-        return self._tag_version(registered_name, str(info.registered_model_version), tags)
-
-    def _tag_version(self, registered_name: str, version: str, tags: Mapping[str, str]) -> str:
         client = self._mlflow.MlflowClient()
+        version = str(info.registered_model_version)
         for key, value in tags.items():
             client.set_model_version_tag(registered_name, version, key, value)
         return version
-
-    def log_torch_model(self, module, input_example, extra_files: list[str | Path], registered_name: str, tags: Mapping[str, str]) -> str:
-        """Log ``module`` in MLflow's PyTorch flavour with a tensor signature inferred from
-        ``input_example``, the seqlab package beside it and ``extra_files`` (the weights-only checkpoint
-        and vocabulary that ``seqlab predict`` reads); register a version; return its number."""
-        import logging
-
-        import mlflow.pytorch
-        import seqlab
-        from mlflow.models import infer_signature
-
-        # MLflow warns that its PyTorch flavour pickles the module; seqlab itself only ever reads the
-        # weights-only checkpoint among the extra files, so the warning would only confuse stage logs
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torch
-
-            with torch.no_grad():
-                output = module(input_example).numpy()
-            info = mlflow.pytorch.log_model(
-                module,
-                name="model",
-                signature=infer_signature(input_example.numpy(), output),
-                code_paths=[str(Path(seqlab.__file__).parent)],
-                extra_files=[str(path) for path in extra_files],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-                registered_model_name=registered_name,
-                serialization_format="pickle",
-            )
-        return self._tag_version(registered_name, str(info.registered_model_version), tags)
 
     def tag_data_hashes(self, kind: str, paths: list[str | Path]) -> None:
         """Tag ``dvc.<kind>.<path>`` with the hash DVC records for it (``kind`` is deps or outs)."""
@@ -260,6 +231,35 @@ class StageRun:
                 name = path.resolve().relative_to(self._root).as_posix() if path.resolve().is_relative_to(self._root) else path.name
                 tags[f"dvc.{kind}.{name}"] = dvc_md5(path)
         self._mlflow.set_tags(tags)
+
+
+class ChildRuns:
+    """Child runs of a stage's run, created and ended through the client (a search's driver logs its
+    trials this way while Ray runs them): each inherits the stage's git commit."""
+
+    def __init__(self, client, experiment_id: str, parent_run_id: str, kind: str):
+        self.client, self.experiment_id, self.parent_run_id, self.kind = client, experiment_id, parent_run_id, kind
+        self._inherited = {k: v for k, v in client.get_run(parent_run_id).data.tags.items() if k == "mlflow.source.git.commit"}
+
+    def start(self, name: str, params: Mapping[str, object], tags: Mapping[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=name[:250], tags={
+            **self._inherited, "mlflow.parentRunId": self.parent_run_id, "seqlab.run_kind": self.kind, **tags})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(name, float(value), stamp, step) for name, value in metrics.items()])
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
 
 
 def _experiment_id(client, name: str, artifacts: str | None) -> str:

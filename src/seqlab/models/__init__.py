@@ -11,10 +11,14 @@ from dataclasses import replace
 
 from torch import nn
 
-from seqlab.models.lstm_attention import LSTMAttentionLM, ModelConfig, State
+from seqlab.models.config import ModelConfig
+from seqlab.models.lstm_attention import LSTMAttentionLM, State
 from seqlab.models.transformer import TransformerLM
 
 KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
+# the transformer's feed-forward width as recorded in an LSTM's checkpoint, where nothing reads it
+# (the value earlier checkpoints carry, so the same training writes the same bytes)
+UNUSED_FF_DIM = 1024
 
 __all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "config_from_params",
            "count_parameters", "matched_ff_dim"]
@@ -46,7 +50,7 @@ def config_from_params(spec: dict, vocab_size: int) -> ModelConfig:
     if spec["output"] == "adaptive" and spec["cutoffs"][-1] >= vocab_size:
         raise SeqLabError(f"params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size {vocab_size} (got {spec['cutoffs']})")
     ff_dim = spec.pop("ff_dim")
-    config = ModelConfig(vocab_size=vocab_size, **{**spec, "cutoffs": tuple(spec["cutoffs"])})
+    config = ModelConfig(vocab_size=vocab_size, **{**spec, "cutoffs": tuple(spec["cutoffs"]), "ff_dim": UNUSED_FF_DIM})
     if config.kind == "transformer":
         config = replace(config, ff_dim=ff_dim or matched_ff_dim(config))
     return config

@@ -15,45 +15,14 @@ recurrent state plus the attention cache: the keys and values of the last ``memo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import Tensor, nn
 
 from seqlab.models.attention import Attention, band_mask
+from seqlab.models.config import ModelConfig
 from seqlab.models.output import Output
 
 State = dict[str, Tensor]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that fixes the architecture; saved in every checkpoint."""
-
-    vocab_size: int
-    kind: str = "lstm_attention"  # lstm_attention | transformer
-    rnn: str = "lstm"  # lstm | gru
-    attention: str = "dot"  # none | dot | general | additive | multihead
-    heads: int = 4  # multihead attention and the transformer
-    memory: int = 64  # each position attends to itself and the `memory` states before it
-    embed_dim: int = 256
-    hidden_dim: int = 256
-    layers: int = 2
-    dropout_embed: float = 0.1
-    dropout_rnn: float = 0.2
-    dropout_out: float = 0.2
-    tie_weights: bool = False  # full softmax only: decoder weight = embedding weight
-    output: str = "adaptive"  # full | adaptive
-    cutoffs: tuple[int, ...] = field(default=(2000, 8000))  # adaptive softmax cluster edges
-    div_value: float = 4.0
-    ff_dim: int = 1024  # transformer feed-forward width
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "cutoffs": list(self.cutoffs)}
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "ModelConfig":
-        return cls(**{**raw, "cutoffs": tuple(raw["cutoffs"])})
 
 
 class LSTMAttentionLM(nn.Module):

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.models.attention import Attention, band_mask
-from seqlab.models.lstm_attention import ModelConfig, State
+from seqlab.models.config import ModelConfig
+from seqlab.models.lstm_attention import State
 from seqlab.models.output import Output
 
 

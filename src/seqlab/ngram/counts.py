@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqlab.scoring import Segments
+
 
 @dataclass
 class Table:
@@ -28,26 +30,6 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-@dataclass
-class Segments:
-    """Token ids laid end to end, each segment (a padded sentence) with its own id."""
-
-    ids: np.ndarray  # int64
-    segment: np.ndarray  # int64, segment index of each position
-    offset: np.ndarray  # int64, position within its segment
-
-    @classmethod
-    def from_sentences(cls, sentences: list[list[int]], bos: int | None, eos: int | None) -> "Segments":
-        head, tail = ([bos] if bos is not None else []), ([eos] if eos is not None else [])
-        padded = [head + list(s) + tail for s in sentences]
-        lengths = np.fromiter((len(p) for p in padded), dtype=np.int64, count=len(padded))
-        ids = np.fromiter((t for p in padded for t in p), dtype=np.int64, count=int(lengths.sum()))
-        segment = np.repeat(np.arange(len(padded), dtype=np.int64), lengths)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
-        offset = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
-        return cls(ids, segment, offset)
 
 
 def unigram_table(counts: np.ndarray) -> Table:

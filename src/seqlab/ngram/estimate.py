@@ -25,7 +25,8 @@ import numpy as np
 from seqlab.errors import SeqLabError
 from seqlab.ngram import discount
 from seqlab.ngram.adjust import adjusted_counts
-from seqlab.ngram.counts import Segments, Table, ranks_ending_at
+from seqlab.ngram.counts import Table, ranks_ending_at
+from seqlab.scoring import Segments
 
 BACKOFF_FORM = ("kn", "mkn", "backoff")
 ESTIMATORS = ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")
@@ -56,6 +57,20 @@ class NGramModel:
             return _backoff_log_probs(self, ranks, segments)
         with np.errstate(divide="ignore"):  # MLE: zero probability is -inf, reported by evaluation
             return np.log(_count_probs(self, ranks, segments))
+
+    def next_log_probs(self, ids) -> np.ndarray:
+        """ln p(w | ids) for every vocabulary id ``w`` (-inf for ``<s>``), through ``log_probs``: only
+        the last order-1 ids matter; ids starting with ``<s>`` are a sequence start."""
+        context = list(ids)[-(self.order - 1) :] if self.order > 1 else []
+        candidates = np.array([w for w in range(self.vocab_size) if w != self.bos], dtype=np.int64)
+        width = len(context) + 1
+        tokens = np.empty((len(candidates), width), dtype=np.int64)
+        tokens[:, :-1] = context
+        tokens[:, -1] = candidates
+        segments = Segments(tokens.ravel(), np.repeat(np.arange(len(candidates)), width), np.tile(np.arange(width), len(candidates)))
+        out = np.full(self.vocab_size, -np.inf)
+        out[candidates] = self.log_probs(segments)[width - 1 :: width]
+        return out
 
 
 # --- backoff form -----------------------------------------------------------------------------------

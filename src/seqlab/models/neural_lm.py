@@ -1,20 +1,25 @@
-"""Scoring a token stream with a neural model, for the project's one scoring path.
+"""A neural language model in the shape of every other model: ``log_probs`` for the one scoring path,
+``next_log_probs`` for prediction and serving.
 
 The split's segments (``<s> w1 ... wn </s>`` laid end to end) are read as one continuous stream:
 each token is predicted from everything before it, across sequence edges, like in training. For
 speed the stream is cut into ``batch_size`` contiguous pieces read in parallel, each with its own
 carried state; the scored tokens are the same whatever the batch size.
+
+A context is read the same way, window by window with the state carried: the memory a prediction
+needs is bounded by the window and the model's ``memory``, not by the length of the context.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from seqlab.ngram.counts import Segments
+from seqlab.scoring import Segments
 
 
 def autocast(device: torch.device, amp: bool):
@@ -49,23 +54,27 @@ def stream_log_probs(model: nn.Module, ids: np.ndarray, batch_size: int = 16, wi
 
 
 class NeuralLM:
-    """A loaded model in the shape ``evaluate.score`` expects."""
+    """A loaded network with the settings it is scored with."""
 
     def __init__(self, model: nn.Module, batch_size: int = 16, window: int = 128, amp: bool = False):
         self.model, self.batch_size, self.window, self.amp = model, batch_size, window, amp
 
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
     def log_probs(self, segments: Segments) -> np.ndarray:
         return stream_log_probs(self.model, segments.ids, self.batch_size, self.window, self.amp)
 
-
-class NextToken(nn.Module):
-    """What the registered MLflow model computes: token ids (B, T) -> log-probabilities (B, V) of
-    the token after each row's last one, each row read from a fresh state."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        features, _, _ = self.model(ids, self.model.init_state(ids.shape[0], ids.device))
-        return self.model.output.log_probs(features[:, -1])
+    @torch.no_grad()
+    def next_log_probs(self, ids: Sequence[int]) -> np.ndarray:
+        """Read ``ids`` from a fresh state, ``window`` tokens at a time with the state carried, and
+        return the log-probabilities of the token after the last one."""
+        model = self.model
+        model.eval()
+        device = next(model.parameters()).device
+        inputs = torch.as_tensor(list(ids), dtype=torch.long, device=device)[None]
+        state = model.init_state(1, device)
+        for start in range(0, inputs.shape[1], self.window):
+            features, state, _ = model(inputs[:, start : start + self.window], state)
+        return model.output.log_probs(features[0, -1]).double().cpu().numpy()

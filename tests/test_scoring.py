@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from seqlab.errors import SeqLabError
-from seqlab.evaluate import eval_set, score
+from seqlab.scoring import eval_set, score
 from seqlab.vocab import build_vocab
 
 VOCAB = build_vocab([["a", "b", "a"]])

@@ -11,17 +11,46 @@ import hashlib
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from seqlab.errors import SeqLabError
-from seqlab.ngram.counts import Segments
 from seqlab.vocab import BOS, EOS, Vocab
 
 
+@dataclass
+class Segments:
+    """Token ids laid end to end, each segment (a padded sentence) with its own id."""
+
+    ids: np.ndarray  # int64
+    segment: np.ndarray  # int64, segment index of each position
+    offset: np.ndarray  # int64, position within its segment
+
+    @classmethod
+    def from_sentences(cls, sentences: list[list[int]], bos: int | None, eos: int | None) -> "Segments":
+        head, tail = ([bos] if bos is not None else []), ([eos] if eos is not None else [])
+        padded = [head + list(s) + tail for s in sentences]
+        lengths = np.fromiter((len(p) for p in padded), dtype=np.int64, count=len(padded))
+        ids = np.fromiter((t for p in padded for t in p), dtype=np.int64, count=int(lengths.sum()))
+        segment = np.repeat(np.arange(len(padded), dtype=np.int64), lengths)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
+        offset = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
+        return cls(ids, segment, offset)
+
+
 class LanguageModel(Protocol):
-    def log_probs(self, segments: Segments) -> np.ndarray: ...
+    """What every model family is: the one scoring path reads ``log_probs``; prediction and serving
+    read ``next_log_probs``."""
+
+    def log_probs(self, segments: Segments) -> np.ndarray:
+        """Natural-log probability of the token at every position given what comes before it."""
+        ...
+
+    def next_log_probs(self, ids: Sequence[int]) -> np.ndarray:
+        """Natural-log probability of every vocabulary id after ``ids`` (a sequence start begins with
+        ``<s>``); sums to 1 in probability."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -114,35 +143,49 @@ def load_eval_set(tokens_dir, split: str, vocab: Vocab) -> EvalSet:
     return eval_set(read_stream(f"{tokens_dir}/{split}.txt"), vocab, characters, f"{tokens_dir}/{split}.txt")
 
 
-MODEL_FILES = ("hybrid.json", "model.pt", "model.npz", "model.arpa")
+@dataclass(frozen=True)
+class Summary:
+    """What a model stage records of its model, as ``scores.json`` in the model's folder: the
+    schema the leaderboard, the hybrid and the registry read. ``details`` are the family's own
+    (an n-gram's estimator parameters, a neural model's config and history, a hybrid's weights)."""
+
+    model: str  # the leaderboard's name: ngram-mkn-5, lstm-dot, transformer, hybrid, ...
+    family: str  # ngram | neural | hybrid
+    estimator: str
+    order: int | None
+    registered_model: str
+    details: dict
+    vocab_sha256: str
+    valid: Scores
+    test: Scores
+    history: list[dict] | None = None  # a trained model's epochs: epoch, train_loss, valid_loss, valid_ppl, lr
+
+    def as_dict(self) -> dict:
+        history = {} if self.history is None else {"history": self.history}
+        return {"model": self.model, "family": self.family, "estimator": self.estimator, "order": self.order,
+                "registered_model": self.registered_model, **self.details, "vocab_sha256": self.vocab_sha256,
+                **history, "valid": self.valid.as_dict(), "test": self.test.as_dict()}
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.valid.metrics("valid"), **self.test.metrics("test")}
 
 
-def open_model(path, vocab: Vocab, batch_size: int = 16, window: int = 128, files=None, device: str = "cpu") -> LanguageModel:
-    """Any SeqLab model, ready to score: an n-gram ``model.npz`` or ARPA file, a neural ``model.pt``, a
-    hybrid's ``hybrid.json`` (its parts found under ``files`` when given), or a directory holding one.
-    Files are checked against ``vocab``; checkpoints load with ``weights_only=True``."""
+SUMMARY_KEYS = ("model", "family", "estimator", "order", "registered_model", "vocab_sha256", "valid", "test")
+SCORE_KEYS = ("tokens", "oov_tokens", "zero_prob_tokens", "fingerprint", "ppl", "xent_nats", "xent_bits", "bits_per_char")
+
+
+def read_summary(folder) -> dict:
+    """A model folder's ``scores.json``, checked to hold what every reader needs; one line naming the
+    file otherwise."""
     from pathlib import Path
 
-    path = Path(path)
-    if path.is_dir():
-        inside = [path / name for name in MODEL_FILES if (path / name).is_file()]
-        if not inside:
-            raise SeqLabError(f"{path}: no model file here (looked for {', '.join(MODEL_FILES)})")
-        path = inside[0]
-    if path.suffix == ".json":
-        from seqlab.hybrid import Interpolated, load_spec
+    from seqlab.io import read_json
 
-        parts = load_spec(path, files)
-        return Interpolated([open_model(f, vocab, batch_size, window, device=device) for f, _ in parts], [w for _, w in parts])
-    if path.suffix == ".pt":
-        from seqlab.models.checkpoint import load_checkpoint
-        from seqlab.models.scoring import NeuralLM
-
-        return NeuralLM(load_checkpoint(path, vocab.sha256, device), batch_size, window)
-    if path.suffix == ".npz":
-        from seqlab.ngram.model_file import load_model
-
-        return load_model(path, vocab.sha256)
-    from seqlab.ngram.arpa import read_arpa
-
-    return read_arpa(path, vocab.index, vocab.index[BOS])
+    path = Path(folder) / "scores.json"
+    summary = read_json(path)
+    missing = [key for key in SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary]
+    missing += [f"{split}.{key}" for split in ("valid", "test") if isinstance(summary, dict) and isinstance(summary.get(split), dict)
+                for key in SCORE_KEYS if key not in summary[split]]
+    if missing:
+        raise SeqLabError(f"{path}: not a model summary: {', '.join(missing)} missing; rerun the stage that wrote it")
+    return summary

@@ -1,0 +1,51 @@
+"""The files that pass between stages and that the command line reads by default, named once.
+
+Every path is relative to the project root (where ``dvc.yaml`` is); ``dvc.yaml`` names the same ones
+as each stage's deps and outs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+PARAMS = "params.yaml"
+PREPARED = "data/prepared"  # train/valid/test.txt, cleaned text
+TOKENS = "data/tokens"  # <split>.txt (a sequence per line), <split>.stats.parquet, tokenizer.json
+TOKENIZER = f"{TOKENS}/tokenizer.json"
+VOCAB = "data/vocab"  # vocab.tsv, vocab.json
+VALIDATION = "data/validation"
+NGRAM = "models/ngram"  # <estimator>-<order>/: model.npz, model.arpa, scores.json
+TUNE_BEST = "models/tune/best_config.json"
+NEURAL = "models/neural"  # the tuned model: model.pt, scores.json
+BASELINES = "models/baselines"  # <name>/: model.pt, scores.json
+HYBRID = "models/hybrid"  # hybrid.json, scores.json
+LEADERBOARD = "metrics/leaderboard.csv"
+DEFAULT_MODEL = f"{NEURAL}/model.pt"  # what `seqlab predict` and `generate` read without --model
+
+
+def ngram_folder(estimator: str, order: int) -> str:
+    return f"{NGRAM}/{estimator}-{order}"
+
+
+@dataclass(frozen=True)
+class NeuralOutputs:
+    """Where a neural model's stage writes: the tuned model's (``train``) or a baseline's."""
+
+    folder: str  # model.pt, scores.json
+    checkpoints: str  # resume checkpoints while training
+    metrics: str
+    history: str
+    curve: str
+
+
+def neural_outputs(baseline: str | None = None) -> NeuralOutputs:
+    if baseline is None:
+        return NeuralOutputs(NEURAL, "checkpoints/train", "metrics/train.json", "metrics/train_history.csv", "plots/learning_curve.png")
+    return NeuralOutputs(f"{BASELINES}/{baseline}", f"checkpoints/baselines/{baseline}", f"metrics/baselines/{baseline}.json",
+                         f"metrics/baselines/{baseline}_history.csv", f"plots/baselines/{baseline}.png")
+
+
+def neural_folders(baselines: Iterable[str]) -> dict[str, str]:
+    """Where the neural models are: ``tuned`` (the train stage) and each baseline, by name."""
+    return {"tuned": NEURAL, **{name: neural_outputs(name).folder for name in baselines}}

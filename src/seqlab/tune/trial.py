@@ -1,0 +1,112 @@
+"""One trial of a search: the train stage's trainer on a sampled configuration, on a Ray worker.
+
+A trial reports the valid loss after every epoch with a checkpoint, so a trial that crashes is retried
+from its last epoch and ASHA can stop the weak ones early. ``check_space`` makes sure, before a
+search starts, that every value a dimension can take is a valid setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from seqlab.config import Params, put, validation_problem, with_changes
+from seqlab.errors import SeqLabError
+from seqlab.tune.space import Dimension, Space, overrides
+
+FAULT_ENV = "SEQLAB_FAULT_TRIAL_CRASH"  # a marker path: the first trial to create it crashes once (fault tests)
+
+
+def plain(value):
+    """A Python scalar for a numpy one (Ray samples numpy integers), so configs validate and write as JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def trial_params(params: Params, config: Mapping[str, Any], dimensions: list[Dimension]) -> Params:
+    """``params`` with a trial's sampled ``config`` (seed names) put into its model and train sections."""
+    return with_changes(params, overrides({k: plain(v) for k, v in config.items()}, dimensions), "trial")
+
+
+def check_space(space: Space, params: Params, vocab_size: int) -> dict[str, bool]:
+    """Every value a dimension can take must be a valid setting of its keys; returns which dimensions
+    sample whole numbers. Raises SeqLabError naming the space's file and key."""
+    from pydantic import ValidationError
+
+    from seqlab.config import ModelParams, TrainParams
+    from seqlab.models import config_from_params
+
+    sections = {"model": params.model.model_dump(), "train": params.train.model_dump()}
+    integer = {}
+    for dim in space.dimensions:
+        bases = [sections[t.split(".")[0]][t.split(".")[1]] for t in dim.targets]
+        integer[dim.key] = all(isinstance(b, int) and not isinstance(b, bool) for b in bases)
+        if dim.values is None and integer[dim.key] and not all(float(v).is_integer() for v in (dim.low, dim.high)):
+            raise SeqLabError(f"{space.source}.{dim.key}: {dim.targets[0]} is a whole number; min and max must be too")
+        for value in dim.candidates():
+            if integer[dim.key] and dim.values is None:
+                value = int(value)
+            trial = put(sections, {target: value for target in dim.targets}, space.source)
+            try:
+                ModelParams.model_validate(trial["model"])
+                TrainParams.model_validate(trial["train"])
+                config_from_params(trial["model"], vocab_size)
+            except ValidationError as err:
+                raise SeqLabError(f"{space.source}.{dim.key}: {value!r} is not a valid {dim.targets[0]}: "
+                                  f"{validation_problem(err)}") from None
+            except SeqLabError as err:
+                raise SeqLabError(f"{space.source}.{dim.key}: {value!r} does not fit: {err}") from None
+    return integer
+
+
+def run_trial(config: dict, data: dict) -> None:
+    """The trainable Ray runs: the stage's trainer on the sampled configuration, reporting after every epoch."""
+    import torch
+    from ray import tune
+
+    from seqlab.determinism import fix_threads
+    from seqlab.models import build, config_from_params
+    from seqlab.training import fingerprint, fit
+    from seqlab.training.lm import LanguageModelTask
+
+    fix_threads(max(1, int(data["resources"]["cpu"])))
+    params = trial_params(data["params"], config, data["dimensions"])
+    model_config = config_from_params(params.model.model_dump(), data["vocab_size"])
+    cfg = params.train.model_copy(update={"epochs": data["epochs"], "patience": data["epochs"],  # only ASHA stops a trial
+                                          "device": "cuda" if data["resources"]["gpu"] else "cpu", "checkpoint_every": 1 << 30})
+    with tempfile.TemporaryDirectory(prefix="seqlab-trial-") as tmp:
+        work, done = Path(tmp), 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint:  # a retry after a crash, or a paused trial resumed: carry on from the last epoch
+            with checkpoint.as_directory() as saved:
+                shutil.copyfile(Path(saved) / "last.pt", work / "last.pt")
+                done = json.loads((Path(saved) / "progress.json").read_text())["epochs"]
+
+        def report(epoch) -> None:
+            if epoch.epoch <= done:  # replayed history of a resumed run: reported before the crash
+                return
+            saved = work / f"checkpoint-{epoch.epoch}"
+            saved.mkdir()
+            shutil.copyfile(work / "last.pt", saved / "last.pt")
+            (saved / "progress.json").write_text(json.dumps({"epochs": epoch.epoch}))
+            tune.report({"epoch": epoch.epoch, "valid_loss": epoch.valid_loss, "valid_ppl": epoch.valid_ppl,
+                         "train_loss": epoch.train_loss, "tokens_per_s": epoch.tokens_per_s, "lr": epoch.lr,
+                         "epoch_seconds": epoch.seconds}, checkpoint=tune.Checkpoint.from_directory(str(saved)))
+            shutil.rmtree(saved, ignore_errors=True)
+            marker = data.get("crash_marker")
+            if marker:
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    return
+                raise RuntimeError(f"injected trial crash ({FAULT_ENV})")
+
+        torch.manual_seed(cfg.seed)
+        model = build(model_config)
+        task = LanguageModelTask(data["train_ids"], data["valid_ids"], data["valid_scored"], data["vocab_sha256"])
+        fit(model, task, cfg, work, fingerprint(model_config.as_dict(), cfg.model_dump()), report, progress=False)
