@@ -5,8 +5,8 @@ metrics/learning_curves.csv, plots/perplexity.png, plots/learning_curves.png."""
 from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, write_json
-from seqlab.scoring import read_summary
 from seqlab.leaderboard import dvc_metrics, leaderboard, learning_curves, plot_learning_curves, plot_perplexity
+from seqlab.scoring import read_summary
 
 METRICS, LEADERBOARD, CURVES = "metrics/metrics.json", paths.LEADERBOARD, "metrics/learning_curves.csv"
 PLOT, CURVES_PLOT = "plots/perplexity.png", "plots/learning_curves.png"

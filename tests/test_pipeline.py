@@ -207,19 +207,16 @@ def test_training_run_logs_epochs_and_registers_a_model(project):
     assert missing.returncode == 1 and last_line(missing).startswith("error: models:/seqlab-lstm_attention/7: cannot fetch the model")
 
 
-def test_train_stage_refuses_cutoffs_beyond_the_vocabulary(project):
-    original = (project / "params.yaml").read_text()
-    params = yaml.safe_load(original)
+def test_train_stage_refuses_cutoffs_beyond_the_vocabulary(project, tmp_path):
+    project = copy_project(project, tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"]["cutoffs"] = [5, 40]
-    try:
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        before = (project / "models" / "neural" / "model.pt").read_bytes()
-        result = sh(project, sys.executable, "pipelines/train.py", check=False)
-        assert result.returncode == 1
-        assert last_line(result) == "error: params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size 14 (got [5, 40])"
-        assert (project / "models" / "neural" / "model.pt").read_bytes() == before
-    finally:
-        (project / "params.yaml").write_text(original)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = (project / "models" / "neural" / "model.pt").read_bytes()
+    result = sh(project, sys.executable, "pipelines/train.py", check=False)
+    assert result.returncode == 1
+    assert last_line(result) == "error: params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size 14 (got [5, 40])"
+    assert (project / "models" / "neural" / "model.pt").read_bytes() == before
 
 
 def test_every_ngram_model_is_registered_and_predicts_next_tokens(project):

@@ -17,9 +17,8 @@ import torch
 
 from seqlab.errors import SeqLabError
 from seqlab.loading import Loaded
-from seqlab.vocab import BOS, EOS, UNK
 from seqlab.plots import pyplot, save
-
+from seqlab.vocab import BOS, EOS, UNK
 
 NOT_NEURAL = "generation needs a neural model (this is an n-gram model or a hybrid); `seqlab predict` works with every model"
 
@@ -118,8 +117,6 @@ def plot_attention(generation: Generation, path: str | Path, last: int = 80) -> 
     """Heatmap of attention weights: a row per predicted position (labelled with the token it
     predicts), a column per attended position (labelled with its token); the last ``last`` rows."""
     plt = pyplot()
-
-
     if not generation.attention:
         raise SeqLabError("this model has no attention weights to show (model.attention: none)")
     inputs = [BOS, *_fed_tokens(generation.tokens)]  # the token at each input position

@@ -16,8 +16,8 @@ import numpy as np
 
 from seqlab.errors import SeqLabError
 from seqlab.io import md5_file, read_json
-from seqlab.scoring import LanguageModel, Segments
 from seqlab.plots import pyplot, save
+from seqlab.scoring import LanguageModel, Segments
 
 
 def mix(log_probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -111,8 +111,6 @@ def weight_curve(log_probs: Sequence[np.ndarray], points: int = 51) -> tuple[np.
 def plot_weights(valid: Sequence[np.ndarray], test: Sequence[np.ndarray], weight: float, names: Sequence[str], path: str | Path) -> None:
     """Valid and test perplexity against the weight of the first model, the fitted weight marked."""
     plt = pyplot()
-
-
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for split, log_probs in (("valid", valid), ("test", test)):
         x, ppl = weight_curve(log_probs)

@@ -23,6 +23,7 @@ from mlflow.pyfunc import PythonModel
 
 from seqlab.loading import DEFAULT_TOP_K
 
+
 class NextToken(PythonModel):
     def load_context(self, context) -> None:
         from seqlab.loading import load_files

@@ -5,16 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from seqlab.tune.space import Space
 from seqlab.plots import pyplot, save
+from seqlab.tune.space import Space
 
 
 def plot_search(table, space: Space, path: str | Path) -> None:
     """Best valid perplexity of each trial against each searched parameter, one panel per parameter."""
-    plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-
+    plt = pyplot()
     dims = [d for d in space.dimensions if len(set(d.candidates())) > 1] or [None]  # fixed keys have nothing to show
     columns = min(3, len(dims))
     rows = math.ceil(len(dims) / columns)
