@@ -48,7 +48,8 @@ def main() -> None:
             write_json(tmp / "scores.json", summary.as_dict())
         plot_weights(on["valid"], on["test"], float(weights[0]), names, PLOT)
         version = stage.publish(
-            run, summary, paths.HYBRID, {"hybrid": f"{paths.HYBRID}/hybrid.json", "neural": files[0], "ngram": files[1]},
+            run, summary, paths.HYBRID, {"hybrid": f"{paths.HYBRID}/hybrid.json", "neural": files[0], "ngram": files[1],
+                                         "neural_scores": f"{neural_dir}/scores.json"},  # how the neural part is read
             stage.example_context(valid, vocab),
             params={"parts": ", ".join(names), **{f"weight.{name}": f"{w:.6f}" for name, w in zip(names, weights)}},
             metrics={"em_iterations": iterations},

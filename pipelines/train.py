@@ -56,6 +56,9 @@ def main() -> None:
         torch.manual_seed(cfg.seed)
         model = build(config)
         parameters = count_parameters(model)
+        run_params = {"model": name, "family": family, "parameters": parameters, "resolved_ff_dim": config.ff_dim,
+                         "torch_threads": threads}
+        run.log_params(run_params)  # before training: a run stopped half-way still says what it trained
         described = ", ".join(f"{k}={v}" for k, v in changes.items())
         if changes:
             run.set_tag("seqlab.tuned", described)
@@ -88,8 +91,8 @@ def main() -> None:
         if result.resumed_from:
             run.set_tag("seqlab.resumed_from", result.resumed_from)
         version = stage.publish(
-            run, summary, out.folder, {"model": f"{out.folder}/model.pt"}, stage.example_context(valid, vocab),
-            params={"parameters": parameters, "resolved_ff_dim": config.ff_dim, "torch_threads": threads},
+            run, summary, out.folder, {"model": f"{out.folder}/model.pt", "scores": f"{out.folder}/scores.json"},
+            stage.example_context(valid, vocab), params=run_params,
             metrics={"best_epoch": result.best_epoch, "train_seconds": seconds,
                      "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
             artifacts=[out.curve, out.history, f"{out.folder}/scores.json"], outs=[out.metrics, out.history, out.curve])

@@ -128,8 +128,20 @@ def make_project(root: Path, **changes) -> Path:
 
 
 def copy_project(source: Path, target: Path) -> Path:
-    """A copy of a built project (workspace, git, DVC cache, tracking store) for a test that changes it."""
+    """A copy of a built project (workspace, git, DVC cache, tracking store) for a test that changes
+    it; the copy's tracking store points at its own artifacts, so nothing it logs lands in the source."""
+    import sqlite3
+
     shutil.copytree(source, target, symlinks=True)
+    store = target / "mlruns" / "mlflow.db"
+    if store.exists():
+        with sqlite3.connect(store) as db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in db.execute(f"PRAGMA table_info('{table}')").fetchall():
+                    if column[2].upper().startswith(("VARCHAR", "TEXT")):
+                        name = column[1]
+                        db.execute(f'UPDATE "{table}" SET "{name}" = REPLACE("{name}", ?, ?) WHERE "{name}" LIKE ?',
+                                   (str(source), str(target), f"%{source}%"))
     return target
 
 

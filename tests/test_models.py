@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import model_config
+from seqlab.errors import SeqLabError
 from seqlab.models import build, count_parameters, matched_ff_dim
 from seqlab.models.attention import band_mask
 
@@ -122,3 +123,21 @@ def test_a_long_context_is_read_window_by_window_with_the_answer_of_reading_it_w
     short = ids[-5:]
     assert np.abs(NeuralLM(model, window=2).next_log_probs(short) - NeuralLM(model, window=10_000).next_log_probs(short)).max() < 1e-5
     assert np.abs(NeuralLM(model, window=16).next_log_probs(short) - whole).max() > 1e-4
+
+
+@pytest.mark.parametrize("changes", [{}, {"attention": "none"}, {"kind": "transformer", "ff_dim": 24}])
+def test_the_next_token_distribution_is_what_the_scoring_path_assigns(changes):
+    """Prediction and scoring read a context the same way, window by window: p(t | context) from
+    ``next_log_probs`` is the probability ``log_probs`` gives t after that context (for the Transformer
+    too, whose answer depends on the window)."""
+    from seqlab.models.neural_lm import NeuralLM, stream_log_probs
+
+    torch.manual_seed(0)
+    model = build(replace(TINY, **changes)).eval()
+    context = torch.randint(0, TINY.vocab_size, (45,), generator=torch.Generator().manual_seed(2)).tolist()
+    predicted = NeuralLM(model, window=16).next_log_probs(context)
+    for token in (0, 7, 39):
+        scored = stream_log_probs(model, np.array([*context, token]), batch_size=1, window=16)
+        assert predicted[token] == pytest.approx(scored[-1], abs=1e-5)
+    with pytest.raises(SeqLabError, match="needs a context of at least one token"):
+        NeuralLM(model).next_log_probs([])

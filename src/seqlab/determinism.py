@@ -22,8 +22,9 @@ machine gives the bits it gave before), turns both kinds of dynamic threading of
 without CUDA, switches PyTorch's deterministic algorithms on (they change no CPU result of SeqLab's
 models; on CUDA they would change today's results, so there they are left off).
 
-Where to call it: at the start of every process that trains or scores, before anything is computed,
-and again in every other thread that computes (a Ray trial's training thread): OpenMP's thread count
+Where it is called: at the start of the stages that train or score (``pipelines/train.py``,
+``pipelines/hybrid.py``), by every ``NeuralLM`` (so ``seqlab score``, ``seqlab predict`` and a served
+version too), and in a Ray trial's training thread with the trial's CPUs: OpenMP's thread count
 and dynamic setting are per thread. Called before ``import torch`` it also keeps an inherited
 ``OMP_DYNAMIC=TRUE`` away from every thread; it sets ``OMP_DYNAMIC``/``MKL_DYNAMIC`` to FALSE in
 ``os.environ`` for child processes too. It is idempotent and cheap: another call in the same thread

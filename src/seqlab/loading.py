@@ -16,6 +16,7 @@ from typing import Any
 
 from seqlab import paths
 from seqlab.errors import SeqLabError
+from seqlab.io import read_json
 from seqlab.scoring import LanguageModel
 from seqlab.tokenize import Tokenizer, load_tokenizer
 from seqlab.vocab import BOS, Vocab, load_vocab
@@ -25,11 +26,12 @@ URI_SCHEMES = ("models:/", "runs:/")
 DEFAULT_TOP_K = 10  # next tokens a served model lists when a request names no top_k
 
 
-def open_model(path: str | Path, vocab: Vocab, batch_size: int = 16, window: int = 128, files: str | Path | None = None,
-               device: str = "cpu") -> LanguageModel:
+def open_model(path: str | Path, vocab: Vocab, batch_size: int | None = None, window: int | None = None,
+               files: str | Path | None = None, device: str = "cpu") -> LanguageModel:
     """The model in ``path`` (a file, or a folder holding one of ``MODEL_FILES``), checked against
     ``vocab``; a hybrid's parts are found under ``files`` when given (a registered model's artifacts),
-    else at their recorded paths. ``batch_size`` and ``window`` are how a neural model is scored."""
+    else at their recorded paths. ``batch_size`` and ``window`` are how a neural model is scored; by
+    default the settings its own stage scored it with (``scoring_settings``)."""
     path = Path(path)
     if path.is_dir():
         inside = [path / name for name in MODEL_FILES if (path / name).is_file()]
@@ -45,7 +47,8 @@ def open_model(path: str | Path, vocab: Vocab, batch_size: int = 16, window: int
         from seqlab.models.checkpoint import load_checkpoint
         from seqlab.models.neural_lm import NeuralLM
 
-        return NeuralLM(load_checkpoint(path, vocab.sha256, device), batch_size, window)
+        own_batch_size, own_window = scoring_settings(path)
+        return NeuralLM(load_checkpoint(path, vocab.sha256, device), batch_size or own_batch_size, window or own_window)
     if path.suffix == ".npz":
         from seqlab.ngram.model_file import load_model
 
@@ -53,6 +56,23 @@ def open_model(path: str | Path, vocab: Vocab, batch_size: int = 16, window: int
     from seqlab.ngram.arpa import read_arpa
 
     return read_arpa(path, vocab.index, vocab.index[BOS])
+
+
+def scoring_settings(checkpoint: Path) -> tuple[int, int]:
+    """(streams, window) a neural model was scored with by its stage, read from the ``scores.json``
+    beside its checkpoint (a model folder, or a registered version's artifacts); (16, 128) without one.
+    An LSTM's scores do not depend on them; the Transformer baseline's do, since each window recomputes
+    its ``memory`` tokens of context, so prediction reads a context as its stage scored the test split."""
+    from seqlab.config import TrainParams
+
+    summary = checkpoint.parent / "scores.json"
+    if summary.is_file():
+        try:
+            train = TrainParams.model_validate(read_json(summary)["train"])
+        except (KeyError, TypeError, ValueError):
+            raise SeqLabError(f"{summary}: no valid train settings beside {checkpoint.name}; rerun the stage that wrote it") from None
+        return train.eval_batch_size, train.eval_window
+    return 16, 128
 
 
 @dataclass
@@ -70,7 +90,7 @@ class Loaded:
 
 
 def load(model: str | Path, vocab_dir: str | Path = paths.VOCAB, tokenizer_path: str | Path = paths.TOKENIZER, device: str = "cpu",
-         batch_size: int = 16, window: int = 128) -> Loaded:
+         batch_size: int | None = None, window: int | None = None) -> Loaded:
     """A model file or folder with the project's vocabulary and tokenizer, or an MLflow URI with its own."""
     if str(model).startswith(URI_SCHEMES):
         return load_files(download(str(model)), str(model), device)

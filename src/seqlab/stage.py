@@ -38,7 +38,7 @@ def publish(run: StageRun, summary: Summary, folder: str, files: Mapping[str, st
             tags: Mapping[str, str] = {}, deps: Sequence[str] = (), outs: Sequence[str] = (),
             task: str = LANGUAGE_MODEL) -> str:
     """The tail every model stage shares, after ``folder`` (with its ``scores.json``) is written: log
-    the summary's params and metrics with the stage's own, log ``artifacts``, register the model
+    the summary's params and metrics with the stage's own (``params`` win), log ``artifacts``, register the model
     (``files``, with the vocabulary and tokenizer) as a new version of ``summary.registered_model``
     served by the one pyfunc, tag it with what it was built from, and tag the run with the DVC hashes
     of the data it read and wrote. Returns the version."""

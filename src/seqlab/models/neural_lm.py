@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqlab.determinism import fix_threads
+from seqlab.errors import SeqLabError
 from seqlab.scoring import Segments
 
 
@@ -54,9 +56,11 @@ def stream_log_probs(model: nn.Module, ids: np.ndarray, batch_size: int = 16, wi
 
 
 class NeuralLM:
-    """A loaded network with the settings it is scored with."""
+    """A loaded network with the settings it is scored with. Scoring fixes torch's thread count first,
+    so a model gives the same bits in a stage, ``seqlab score`` and a served version."""
 
     def __init__(self, model: nn.Module, batch_size: int = 16, window: int = 128, amp: bool = False):
+        fix_threads()
         self.model, self.batch_size, self.window, self.amp = model, batch_size, window, amp
 
     @property
@@ -69,7 +73,9 @@ class NeuralLM:
     @torch.no_grad()
     def next_log_probs(self, ids: Sequence[int]) -> np.ndarray:
         """Read ``ids`` from a fresh state, ``window`` tokens at a time with the state carried, and
-        return the log-probabilities of the token after the last one."""
+        return the log-probabilities of the token after the last one (as ``log_probs`` scores it)."""
+        if not len(ids):
+            raise SeqLabError("a neural model needs a context of at least one token (a sequence starts with <s>)")
         model = self.model
         model.eval()
         device = next(model.parameters()).device
