@@ -3,7 +3,6 @@ best hybrid.ngram model on valid, the weight fitted on valid -> models/hybrid/ (
 plots/hybrid.png."""
 
 from seqlab import paths, stage
-from seqlab.config import TrainParams
 from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
 from seqlab.hybrid import Interpolated, Remembered, fit_weights, plot_weights, spec
@@ -32,8 +31,7 @@ def main() -> None:
         ngram_dir, ngram = best_on_valid([paths.ngram_folder(params.hybrid.ngram, order) for order in params.ngram.orders])
         files = [f"{neural_dir}/model.pt", f"{ngram_dir}/model.npz"]
         names = [neural["model"], ngram["model"]]
-        scoring = TrainParams.model_validate(neural["train"])  # score the neural part as its own stage did
-        parts = [Remembered(open_model(f, vocab, scoring.eval_batch_size, scoring.eval_window)) for f in files]
+        parts = [Remembered(open_model(f, vocab)) for f in files]  # the neural part as its own stage scored it
         valid, test = (load_eval_set(paths.TOKENS, split, vocab) for split in ("valid", "test"))
         print(f"hybrid: {names[0]} (valid ppl {neural['valid']['ppl']:.2f}) with {names[1]} (valid ppl {ngram['valid']['ppl']:.2f})")
         on = {name: [part.log_probs(data.segments)[data.scored] for part in parts] for name, data in (("valid", valid), ("test", test))}
