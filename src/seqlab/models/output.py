@@ -27,7 +27,7 @@ class Output(nn.Module):
 
     def target_log_probs(self, features: Tensor, targets: Tensor) -> Tensor:
         """features (..., dim), targets (...) -> log p(target) (...), natural log, float32."""
-        flat, shape = features.reshape(-1, features.shape[-1]), targets.shape
+        flat, shape = _autocast_dtype(features.reshape(-1, features.shape[-1])), targets.shape
         if self.kind == "adaptive":
             return self.adaptive(flat, targets.reshape(-1)).output.float().view(shape)
         log_probs = torch.log_softmax(self.decoder(flat).float(), dim=-1)
@@ -35,9 +35,17 @@ class Output(nn.Module):
 
     def log_probs(self, features: Tensor) -> Tensor:
         """features (..., dim) -> log-probabilities over the vocabulary (..., V), float32."""
-        flat = features.reshape(-1, features.shape[-1])
+        flat = _autocast_dtype(features.reshape(-1, features.shape[-1]))
         if self.kind == "adaptive":
             out = self.adaptive.log_prob(flat).float()
         else:
             out = torch.log_softmax(self.decoder(flat).float(), dim=-1)
         return out.view(*features.shape[:-1], -1)
+
+
+def _autocast_dtype(features: Tensor) -> Tensor:
+    """Under autocast, features in the autocast dtype: the adaptive softmax writes its clusters'
+    log-probabilities (computed in that dtype) into a tensor of the features' dtype, so the two must
+    agree (a LayerNorm before it, as in the Transformer, hands over float32)."""
+    kind = features.device.type
+    return features.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else features

@@ -1,11 +1,15 @@
 """The baseline: a small causal Transformer LM, trained by the same trainer on the same windows.
 
-    tokens -> embedding + sinusoidal positions -> N x [LayerNorm -> multi-head self-attention -> residual
+    tokens -> embedding -> N x [LayerNorm -> multi-head self-attention (ALiBi) -> residual
            -> LayerNorm -> feed-forward -> residual] -> LayerNorm -> output layer
 
-It sees what the LSTM's attention sees: each position attends to itself and the ``memory`` tokens
-before it. The carried state is those tokens (not hidden states), and each window is computed over
-``memory + window`` tokens; generation recomputes that bounded context for each new token.
+It sees what the LSTM's attention sees: each position attends to itself and the ``memory`` positions
+before it, in every layer. Like the LSTM's attention cache, the state carried from one window to the
+next is each layer's keys and values of the last ``memory`` positions (detached in training), so a
+window computes only its own tokens and generation costs the same per token however long the prompt.
+Positions are relative: each head adds ``-slope * distance`` to its scores (ALiBi, Press et al.,
+2022), which needs no position table and reads a stream of any length. Attention is PyTorch's fused
+``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -14,27 +18,54 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from seqlab.models.attention import Attention, band_mask
+from seqlab.models.attention import band_mask
 from seqlab.models.config import ModelConfig
 from seqlab.models.lstm_attention import State
 from seqlab.models.output import Output
 
 
+def alibi_slopes(heads: int) -> Tensor:
+    """The geometric slopes 2^(-8/heads), 2^(-16/heads), ... of ALiBi, one per head."""
+    return torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
+
+
 class Block(nn.Module):
+    """A parallel block (GPT-J, PaLM): attention and feed-forward read the same normalised input and
+    their sum joins the residual, ``x + dropout(attention(norm(x)) + ff(norm(x)))``. The queries, keys,
+    values and the feed-forward's input are one matrix product: one LayerNorm, one dropout and three
+    products per layer instead of two, two and six."""
+
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(c.embed_dim), nn.LayerNorm(c.embed_dim)
-        self.attention = Attention("multihead", c.embed_dim, c.heads)
-        self.ff = nn.Sequential(nn.Linear(c.embed_dim, c.ff_dim), nn.GELU(), nn.Linear(c.ff_dim, c.embed_dim))
+        self.heads, self.memory, self.ff_dim = c.heads, c.memory, c.ff_dim
+        self.norm = nn.LayerNorm(c.embed_dim)
+        self.into = nn.Linear(c.embed_dim, 3 * c.embed_dim + c.ff_dim)  # queries, keys, values, ff hidden
+        self.attention_out = nn.Linear(c.embed_dim, c.embed_dim, bias=False)  # the heads' outputs -> residual ...
+        self.ff_out = nn.Linear(c.ff_dim, c.embed_dim)  # ... plus the feed-forward's (one bias for both)
         self.drop = nn.Dropout(c.dropout_out)
 
-    def forward(self, x: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.norm1(x)
-        keys, values = self.attention.project(h)
-        context, weights = self.attention(h, keys, values, allowed)
-        x = x + self.drop(context)
-        return x + self.drop(self.ff(self.norm2(x))), weights
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, bias: Tensor, need_weights: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (B, T, D), cached keys/values (B, heads, S, D/heads), bias (heads, T, S + T) -> the block's
+        output (B, T, D), the keys and values of the last ``memory`` positions, and the last weights
+        (B, T, S + T, mean over heads) when asked."""
+        B, T, D = x.shape
+        qkv, hidden = self.into(self.norm(x)).split([3 * D, self.ff_dim], dim=-1)
+        q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, T, d)
+        k, v = torch.cat([keys, k.to(keys.dtype)], dim=2), torch.cat([values, v.to(values.dtype)], dim=2)
+        bias, qk, qv = bias.to(q.dtype), k.to(q.dtype), v.to(q.dtype)
+        weights = None
+        if need_weights:  # the fused kernel does not return its weights: the same scores, written out
+            scores = (q @ qk.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias.float()
+            attention = torch.softmax(scores, dim=-1)
+            context, weights = attention.to(qv.dtype) @ qv, attention.mean(dim=1)
+        else:
+            # a mask of the full (B, heads, T, S) shape (a view) lets the CPU take the fused kernel too
+            context = F.scaled_dot_product_attention(q, qk, qv, attn_mask=bias.expand(B, -1, -1, -1))
+        out = self.attention_out(context.transpose(1, 2).reshape(B, T, D)) + self.ff_out(F.gelu(hidden))
+        return x + self.drop(out), k[:, :, -self.memory :], v[:, :, -self.memory :], weights
 
 
 class TransformerLM(nn.Module):
@@ -44,31 +75,32 @@ class TransformerLM(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.drop_embed = nn.Dropout(c.dropout_embed)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
-        self.norm = nn.LayerNorm(c.embed_dim)
-        self.drop_out = nn.Dropout(c.dropout_out)
+        self.norm = nn.LayerNorm(c.embed_dim)  # no dropout after it: each block's two already apply dropout_out
         self.output = Output(c.embed_dim, c.vocab_size, c.output, c.cutoffs, c.div_value, self.embed if c.tie_weights else None)
         nn.init.normal_(self.embed.weight, std=0.02)
+        self.register_buffer("slopes", alibi_slopes(c.heads), persistent=False)
 
-    def positions(self, length: int, device=None) -> Tensor:
-        """Sinusoidal encodings (length, embed_dim) of positions 0..length-1 within the computed context."""
-        dim = self.config.embed_dim
-        position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
-        rate = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        table = torch.zeros(length, dim, device=device)
-        table[:, 0::2] = torch.sin(position * rate)
-        table[:, 1::2] = torch.cos(position * rate[: dim // 2])
-        return table
+    def bias(self, queries: int, keys: int, device) -> Tensor:
+        """(heads, queries, keys) additive scores of the last ``queries`` of ``keys`` positions:
+        -slope * distance inside the band of ``memory``, -inf outside."""
+        allowed = band_mask(queries, keys, self.config.memory, device)
+        q = torch.arange(keys - queries, keys, device=device).unsqueeze(1)
+        distance = (q - torch.arange(keys, device=device).unsqueeze(0)).float()
+        return (-self.slopes.view(-1, 1, 1) * distance).masked_fill(~allowed, float("-inf"))
 
     def init_state(self, batch_size: int, device=None) -> State:
-        return {"tokens": torch.zeros(batch_size, 0, dtype=torch.long, device=device)}
+        """Every layer's key/value cache, empty: ``keys0``, ``values0``, ``keys1``, ..."""
+        c = self.config
+        empty = lambda: torch.zeros(batch_size, c.heads, 0, c.embed_dim // c.heads, device=device)  # noqa: E731
+        return {f"{name}{i}": empty() for i in range(c.layers) for name in ("keys", "values")}
 
     def forward(self, ids: Tensor, state: State, need_weights: bool = False) -> tuple[Tensor, State, Tensor | None]:
-        """ids (B, T) -> features (B, T, embed_dim), the next state, last-layer weights (B, T, context) when asked."""
-        c, T = self.config, ids.shape[1]
-        tokens = torch.cat([state["tokens"], ids], dim=1)  # (B, memory + T)
-        x = self.drop_embed(self.embed(tokens) * math.sqrt(c.embed_dim) + self.positions(tokens.shape[1], ids.device))
-        allowed = band_mask(tokens.shape[1], tokens.shape[1], c.memory, ids.device)
-        for block in self.blocks:
-            x, weights = block(x, allowed)
-        features = self.drop_out(self.norm(x[:, -T:]))
-        return features, {"tokens": tokens[:, -c.memory :]}, weights[:, -T:] if need_weights else None
+        """ids (B, T) -> features (B, T, embed_dim), the next state, last-layer weights (B, T, cache + T) when asked."""
+        c = self.config
+        x = self.drop_embed(self.embed(ids) * math.sqrt(c.embed_dim))
+        bias = self.bias(ids.shape[1], state["keys0"].shape[2] + ids.shape[1], ids.device)  # every layer's cache is as long
+        new, weights = {}, None
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, new[f"keys{i}"], new[f"values{i}"], weights = block(x, state[f"keys{i}"], state[f"values{i}"], bias, need_weights and last)
+        return self.norm(x), new, weights
