@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = {"model.embed_dim": 400, "model.hidden_dim": 512, "model.dropout_embed": 0.15, "model.dropout_rnn": 0.3,
-        "model.dropout_out": 0.3, "model.memory": 100, "model.cutoffs": [2000, 6000], "train.epochs": 10, "train.bptt": 70}
+        "model.dropout_out": 0.3, "model.memory": 100, "model.cutoffs": [2000, 6000], "train.tokens": 10 * 920_000, "train.bptt": 70}
 VARIANTS = {"dot": {}, "none": {"model.attention": "none"}, "transformer": {"model.kind": "transformer"}}
 
 
@@ -47,11 +47,12 @@ def settings(overrides: dict):
 
 def _speed_one(overrides: dict, queue) -> None:
     from seqlab.models import build, count_parameters
+    from seqlab.training.loop import adam
 
     torch.manual_seed(0)
     config, cfg, _, splits = settings(overrides)
     model = build(config)
-    optimizer = torch.optim.Adam(model.parameters(), cfg.lr)
+    optimizer = adam(model, cfg.lr)  # the trainer's optimiser
     B, T = cfg.batch_size, cfg.bptt
     ids = torch.from_numpy(splits["train"].segments.ids[: B * T * 30 + 1].copy())
     x, y = ids[:-1].view(B, -1), ids[1:].view(B, -1)
@@ -140,8 +141,8 @@ def quality(profile: str, variant: str, extra: dict) -> None:
     mkn = json.loads((ROOT / "models" / "ngram" / "mkn-5" / "scores.json").read_text())
     assert mkn["test"]["fingerprint"] == scores["test"].fingerprint, "not the same test tokens as the n-gram models"
     below = 1 - scores["test"].ppl / mkn["test"]["ppl"]
-    print(f"trained {minutes:.1f} min, {len(result.history)} epochs (best {result.best_epoch}), "
-          f"{sum(e.tokens_per_s for e in result.history) / len(result.history):,.0f} tokens/s on average")
+    print(f"trained {minutes:.1f} min, {len(result.history)} rounds, {result.history[-1].tokens:,} tokens (best round "
+          f"{result.best_round}), {sum(r.tokens_per_s for r in result.history) / len(result.history):,.0f} tokens/s on average")
     print(f"{'model':28} {'valid ppl':>10} {'test ppl':>10}")
     print(f"{'ngram-mkn-5':28} {mkn['valid']['ppl']:>10.2f} {mkn['test']['ppl']:>10.2f}")
     print(f"{profile + ' ' + variant:28} {scores['valid'].ppl:>10.2f} {scores['test'].ppl:>10.2f}   ({below:.1%} below mkn-5 on test, "

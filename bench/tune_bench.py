@@ -1,9 +1,9 @@
-"""Search benchmark on the pipeline's data (run `dvc repro` first): the share of trial-epochs ASHA ran
+"""Search benchmark on the pipeline's data (run `dvc repro` first): the share of trial-rounds ASHA ran
 against running every trial to its end, wall time, tokens/s per trial and the best perplexity.
 
     python bench/tune_bench.py                      # the default search of params.yaml (CPU profile)
-    python bench/tune_bench.py -S tune.space_file=configs/tune_gpu.json -S tune.epochs=... -S tune.train_tokens=null
-    python bench/tune_bench.py --no-asha            # the same trials, each run to its end (ASHA's grace period = epochs)
+    python bench/tune_bench.py -S tune.space_file=configs/tune_gpu.json -S tune.train_tokens=null
+    python bench/tune_bench.py --no-asha            # the same trials, each run to its end (ASHA's grace period = rounds)
 
 ``-S section.key=value`` overrides any key, as ``dvc exp run -S`` would. Trials are logged to a
 throw-away MLflow store.
@@ -41,7 +41,7 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml", {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)})
     space = load_space(params.tune, searchable_keys())
-    tune = params.tune.model_copy(update={"grace_period": space.epochs}) if args.no_asha else params.tune
+    tune = params.tune.model_copy(update={"grace_period": space.rounds}) if args.no_asha else params.tune
     vocab = load_vocab(ROOT / "data" / "vocab")
     data = search_data(ROOT / "data" / "tokens", vocab, tune.train_tokens)
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,16 +54,16 @@ def main() -> None:
     table = result.trials
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print()
-    print(f"search {space.name}: {len(table)} trials of up to {space.epochs} epochs on {len(data['train_ids']):,} train tokens, "
+    print(f"search {space.name}: {len(table)} trials of up to {space.tokens:,} tokens ({space.rounds} rounds) from {len(data['train_ids']):,} train tokens, "
           f"{tune.search} search, {'no ASHA' if args.no_asha else f'ASHA grace {tune.grace_period}, reduction {tune.reduction_factor:g}'}")
     print(f"resources per trial: {result.resources['cpu']:g} CPU, {result.resources['gpu']:g} GPU ({device}); {result.cluster}")
-    print(f"trial-epochs run: {result.trial_epochs} of {result.full_epochs} ({result.trial_epochs / result.full_epochs:.1%})")
+    print(f"trial-rounds run: {result.trial_rounds} of {result.full_rounds} ({result.trial_rounds / result.full_rounds:.1%})")
     print(f"wall time: {result.seconds / 60:.1f} min")
     speeds = table["tokens_per_s"].dropna()
     print(f"tokens/s per trial: median {speeds.median():,.0f}, min {speeds.min():,.0f}, max {speeds.max():,.0f}")
-    print(f"best: trial {result.best['trial']}, valid ppl {result.best['valid_ppl']:.2f} at epoch {result.best['epoch']}, "
+    print(f"best: trial {result.best['trial']}, valid ppl {result.best['valid_ppl']:.2f} at round {result.best['round']}, "
           f"{result.best['config']}")
-    columns = ["trial", "status", "epochs", "valid_ppl", "tokens_per_s", *[d.key for d in space.dimensions]]
+    columns = ["trial", "status", "rounds", "valid_ppl", "tokens_per_s", *[d.key for d in space.dimensions]]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 

@@ -21,7 +21,7 @@ from seqlab.config import dotted, with_changes
 from seqlab.determinism import fix_threads
 from seqlab.errors import SeqLabError, exit_on_error
 from seqlab.io import atomic_path, dvc_md5, write_json
-from seqlab.models import build, config_from_params, count_parameters
+from seqlab.models import build, config_from_params, count_parameters, output_layer
 from seqlab.models.checkpoint import load_checkpoint
 from seqlab.models.neural_lm import NeuralLM
 from seqlab.registry import neural_family, registered_name
@@ -63,21 +63,26 @@ def main() -> None:
         if changes:
             run.set_tag("seqlab.tuned", described)
         print(f"train {name}: {parameters:,} parameters, {train_set.tokens:,} train tokens" + (f"; changes: {described}" if changes else ""))
-        log_epoch = lambda e: run.log_metrics(  # noqa: E731
-            {"train_loss": e.train_loss, "valid_loss": e.valid_loss, "epoch_valid_ppl": e.valid_ppl, "tokens_per_s": e.tokens_per_s, "lr": e.lr}, step=e.epoch)
+        _, fitted = output_layer(params.model.model_dump(), len(vocab))
+        if fitted:
+            print(f"train {name}: {fitted}")
+        log_round = lambda r: run.log_metrics(  # noqa: E731
+            {"train_loss": r.train_loss, "valid_loss": r.valid_loss, "round_valid_ppl": r.valid_ppl, "tokens_per_s": r.tokens_per_s,
+             "lr": r.lr, "tokens_seen": r.tokens}, step=r.round)
         started = time.perf_counter()
         task = LanguageModelTask(train_set.segments.ids, valid.segments.ids, valid.scored, vocab.sha256)
         result = fit(model, task, cfg, out.checkpoints,
-                     fingerprint(config.as_dict(), cfg.model_dump(), vocab.sha256, dvc_md5(paths.TOKENS)), log_epoch)
+                     fingerprint(config.as_dict(), cfg.model_dump(), vocab.sha256, dvc_md5(paths.TOKENS)), log_round)
         seconds = time.perf_counter() - started
         best = load_checkpoint(f"{out.checkpoints}/best.pt", vocab.sha256)
         scorer = NeuralLM(best, cfg.eval_batch_size, cfg.eval_window)
         scores = {split: score(scorer, data, name) for split, data in (("valid", valid), ("test", test))}
         summary = Summary(name, "neural", config.kind, None, registered_name(family), {
             "config": config.as_dict(), "train": cfg.model_dump(), "tuned": changes, "parameters": parameters,
-            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early},
+            "best_round": result.best_round, "rounds_run": len(result.history), "tokens_seen": result.history[-1].tokens,
+            "stopped_early": result.stopped_early},
             vocab.sha256, scores["valid"], scores["test"],
-            [{k: getattr(e, k) for k in ("epoch", "train_loss", "valid_loss", "valid_ppl", "lr")} for e in result.history])
+            [{k: getattr(r, k) for k in ("round", "tokens", "train_loss", "valid_loss", "valid_ppl", "lr")} for r in result.history])
         with atomic_path(out.folder) as tmp:
             tmp.mkdir()
             shutil.copyfile(f"{out.checkpoints}/best.pt", tmp / "model.pt")
@@ -85,7 +90,7 @@ def main() -> None:
         with atomic_path(out.history) as tmp:
             pd.DataFrame([vars(e) for e in result.history]).to_csv(tmp, index=False, float_format="%.6g")
         plot_learning_curve(result.history, out.curve, name)
-        write_json(out.metrics, {"model": name, "parameters": parameters, "best_epoch": result.best_epoch,
+        write_json(out.metrics, {"model": name, "parameters": parameters, "best_round": result.best_round,
                                  "valid_ppl": scores["valid"].ppl, "test_ppl": scores["test"].ppl,
                                  "test_xent_bits": scores["test"].xent_bits, "train_minutes": seconds / 60})
         if result.resumed_from:
@@ -93,12 +98,12 @@ def main() -> None:
         version = stage.publish(
             run, summary, out.folder, {"model": f"{out.folder}/model.pt", "scores": f"{out.folder}/scores.json"},
             stage.example_context(valid, vocab), params=run_params,
-            metrics={"best_epoch": result.best_epoch, "train_seconds": seconds,
+            metrics={"best_round": result.best_round, "train_seconds": seconds,
                      "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
             artifacts=[out.curve, out.history, f"{out.folder}/scores.json"], outs=[out.metrics, out.history, out.curve])
     shutil.rmtree(out.checkpoints, ignore_errors=True)
-    print(f"train {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f} (best epoch {result.best_epoch} "
-          f"of {len(result.history)}), {seconds / 60:.1f} min; registered as {summary.registered_model} version {version}")
+    print(f"train {name}: valid ppl {scores['valid'].ppl:.2f}, test ppl {scores['test'].ppl:.2f} (best round {result.best_round} "
+          f"of {len(result.history)}, {result.history[-1].tokens:,} tokens seen), {seconds / 60:.1f} min; registered as {summary.registered_model} version {version}")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def stream(length: int, seed: int) -> np.ndarray:
 TRAIN_IDS, VALID_IDS = stream(3000, 1), stream(400, 2)
 SCORED = np.arange(len(VALID_IDS)) > 0
 CONFIG = model_config(VOCAB, embed_dim=16, hidden_dim=24, layers=1, heads=2, memory=6, cutoffs=(6, 15))
-TRAIN = train_params(batch_size=4, bptt=10, epochs=3, lr=1e-2, patience=2, eval_batch_size=3, checkpoint_every=7)
+PASS = 3000  # tokens in a pass over TRAIN_IDS at batch_size 4 and bptt 10 (75 steps)
+TRAIN = train_params(batch_size=4, bptt=10, tokens=3 * PASS, eval_every=PASS, lr=1e-2, patience=2, eval_batch_size=3,
+                     checkpoint_every=7)
 
 
 def run(workdir, config=CONFIG, cfg=TRAIN, **kwargs):
@@ -113,8 +115,8 @@ def make_project(root: Path, **changes) -> Path:
     params["vocab"].update(min_freq=1)
     params["ngram"].update(orders=[1, 3])
     params["model"].update(embed_dim=16, hidden_dim=16, layers=1, memory=4, cutoffs=[5, 10])
-    params["train"].update(batch_size=2, bptt=8, epochs=2, eval_batch_size=2, checkpoint_every=3)
-    params["tune"].update(epochs=2, num_samples=2, reduction_factor=2, train_tokens=None,
+    params["train"].update(batch_size=2, bptt=8, tokens=200, eval_every=100, eval_batch_size=2, checkpoint_every=3)
+    params["tune"].update(tokens=200, eval_every=100, num_samples=2, reduction_factor=2, train_tokens=None,
                           optimization_config={"lr": {"min": 1.0e-3, "max": 1.0e-2}, "hidden_dim": {"values": [8, 16]}})
     for dotted, value in changes.items():
         section, key = dotted.split("__")

@@ -38,7 +38,7 @@ def test_unknown_key_is_named(tmp_path):
 
 
 def test_unknown_section_is_named(tmp_path):
-    path = write_params(tmp_path, lambda p: p.update(trian={"epochs": 3}))
+    path = write_params(tmp_path, lambda p: p.update(trian={"tokens": 3}))
     assert error_of(path) == f"{path}: trian: unknown key"
 
 
@@ -110,7 +110,7 @@ def test_ngram_grid_checks(tmp_path):
     ("model", {"memory": 0}, "params.yaml: model.memory: Input should be greater than or equal to 1 (got 0)"),
     ("train", {"device": "tpu"}, "params.yaml: train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     ("train", {"lr_factor": 1.5}, "params.yaml: train.lr_factor: Input should be less than 1 (got 1.5)"),
-    ("train", {"epochs": 0}, "params.yaml: train.epochs: Input should be greater than or equal to 1 (got 0)"),
+    ("train", {"tokens": 0}, "params.yaml: train.tokens: Input should be greater than or equal to 1 (got 0)"),
 ])
 def test_model_and_train_checks(tmp_path, section, change, expected):
     path = write_params(tmp_path, lambda p: p[section].update(change))

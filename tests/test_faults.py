@@ -18,12 +18,12 @@ import torch
 from seqlab.errors import SeqLabError
 from seqlab.io import md5_file
 from seqlab.models.checkpoint import load_checkpoint
-from helpers import BIN, CONFIG, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, comparable, dvc, env, make_project, run, runs, with_train
+from helpers import BIN, CONFIG, PASS, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, comparable, dvc, env, make_project, run, runs, with_train
 from seqlab.models import build
 from seqlab.training import fit
 from seqlab.training.lm import LanguageModelTask
 
-ONE_LINE = "training diverged: the training loss is {value} at epoch 2 step 40 (lr 0.01); nothing saved after it"
+ONE_LINE = "training diverged: the training loss is {value} at step 115 of 225 (lr {lr}); nothing saved after it"
 
 
 def poisoned(model, value: float, at_call: int):
@@ -42,24 +42,25 @@ def poisoned(model, value: float, at_call: int):
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(tmp_path, value):
     torch.manual_seed(TRAIN.seed)
-    model = poisoned(build(CONFIG), -value, 75 + 40)  # epoch 1 has 75 steps: step 40 of epoch 2
+    model = poisoned(build(CONFIG), -value, 75 + 40)  # a round has 75 steps: step 40 of round 2
     with pytest.raises(SeqLabError) as err:
         fit(model, LanguageModelTask(TRAIN_IDS, VALID_IDS, SCORED, "vocab-hash"), TRAIN, tmp_path, "run-1", progress=False)
     message = str(err.value)
-    assert message.startswith(ONE_LINE.format(value=value)) and "\n" not in message
-    assert f"{tmp_path / 'last.pt'} (epoch 2 step 35), {tmp_path / 'best.pt'} (best, epoch 1)" in message
+    lr = 0.01 * 0.5 * (1 + math.cos(math.pi * 114 / 225))  # the cosine after 114 steps
+    assert message.startswith(ONE_LINE.format(value=value, lr=f"{lr:.3g}")) and "\n" not in message
+    assert f"{tmp_path / 'last.pt'} (step 112), {tmp_path / 'best.pt'} (best, round 1)" in message
     assert message.endswith("the same settings diverge again: lower the learning rate (params.yaml: train.lr, "
                             "or the search's pick in models/tune/best_config.json) or train.clip")
 
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert (saved["epoch"], saved["step"]) == (1, 35)  # the last multiple of checkpoint_every (7) before step 40
+    assert saved["step"] == 112  # the last multiple of checkpoint_every (7) before step 115
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
     assert load_checkpoint(tmp_path / "best.pt", "vocab-hash") is not None
 
     # the kept checkpoint is one to go on from: resuming ends where an undisturbed run ends
     _, resumed = run(tmp_path)
     _, straight = run(tmp_path / "straight")
-    assert resumed.resumed_from == "epoch 2 step 35"
+    assert resumed.resumed_from == "step 112"
     assert comparable(resumed.history) == comparable(straight.history)
 
 
@@ -75,23 +76,23 @@ def test_weights_that_stop_being_finite_are_never_checkpointed(tmp_path, monkeyp
         return out
 
     monkeypatch.setattr(torch.optim.Adam, "step", poisoning)
-    with pytest.raises(SeqLabError, match=r"weight \S+ is not finite at epoch 1 step 7 .*the last good checkpoints stay: none"):
+    with pytest.raises(SeqLabError, match=r"weight \S+ is not finite at step 7 of 225 .*the last good checkpoints stay: none"):
         run(tmp_path)
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
 
 
-def test_a_valid_loss_that_is_not_finite_stops_training_before_the_epoch_is_saved(tmp_path, monkeypatch):
+def test_a_valid_loss_that_is_not_finite_stops_training_before_the_round_is_saved(tmp_path, monkeypatch):
     monkeypatch.setattr("seqlab.training.lm.valid_loss", lambda *args: math.nan)
     with pytest.raises(SeqLabError) as err:
         run(tmp_path)
-    assert str(err.value).startswith("training diverged: the valid loss is nan at epoch 1 step 75 (lr 0.01); nothing saved after "
-                                     f"it, the last good checkpoints stay: {tmp_path / 'last.pt'} (epoch 1 step 70); ")
-    assert not (tmp_path / "best.pt").exists()  # the end-of-epoch saves never happened
+    assert str(err.value).startswith(f"training diverged: the valid loss is nan at step 75 of 225 (lr {0.01 * 0.5 * (1 + math.cos(math.pi / 3)):.3g}); nothing saved after "
+                                     f"it, the last good checkpoints stay: {tmp_path / 'last.pt'} (step 70); ")
+    assert not (tmp_path / "best.pt").exists()  # the end-of-round saves never happened
 
 
 def test_same_params_and_seed_train_to_identical_metrics_and_weights(tmp_path):
-    _, first = run(tmp_path / "a", cfg=with_train(epochs=2))
-    _, second = run(tmp_path / "b", cfg=with_train(epochs=2))
+    _, first = run(tmp_path / "a", cfg=with_train(tokens=2 * PASS))
+    _, second = run(tmp_path / "b", cfg=with_train(tokens=2 * PASS))
     assert comparable(first.history) == comparable(second.history) and first.best_valid_ppl == second.best_valid_ppl
     assert md5_file(tmp_path / "a" / "best.pt") == md5_file(tmp_path / "b" / "best.pt")
 
@@ -181,7 +182,7 @@ def test_kill_9_in_training_then_dvc_repro_resumes_to_the_same_metrics(tmp_path)
     # enough text that training takes seconds, so the kill lands in the middle of it
     sentences = [f"the {a} {v} on the {b} ." for a in ("cat", "dog", "bird", "king") for v in ("sat", "ran", "slept")
                  for b in ("mat", "log", "hill", "throne", "road")]
-    root = make_project(tmp_path, tune__optimization_config={}, train__epochs=4, train__checkpoint_every=20,
+    root = make_project(tmp_path, tune__optimization_config={}, train__tokens=4 * 9600, train__eval_every=9600, train__checkpoint_every=20,
                         train__batch_size=4, model__hidden_dim=64, model__embed_dim=64, validate__max_oov_rate=0.5)
     (root / "data" / "corpus" / "train.txt").write_text("\n".join(sentences * 20) + "\n")
     dvc(root, "repro", "tune")  # everything before training
@@ -198,9 +199,9 @@ def test_kill_9_in_training_then_dvc_repro_resumes_to_the_same_metrics(tmp_path)
     assert resume.exists() and not (root / "models" / "neural").exists(), "the kill did not land in training"
 
     resumed = dvc(root, "repro", "train")
-    (line,) = [line for line in resumed.stdout.splitlines() if ": resuming from epoch" in line]
+    (line,) = [line for line in resumed.stdout.splitlines() if ": resuming from step" in line]
     print(line)  # where the kill landed: pytest -s shows it
-    assert line.startswith("checkpoints/train/last.pt: resuming from epoch ")
+    assert line.startswith("checkpoints/train/last.pt: resuming from step ")
     after_resume = train_metrics(root)
     assert not resume.parent.exists()  # the resume state goes once training is done
 

@@ -35,7 +35,7 @@ def project(tmp_path_factory) -> Path:
     valid = eval_set(lines[:3], vocab, 0)
     torch.manual_seed(0)
     model = build(model_config(len(vocab), embed_dim=24, hidden_dim=24, layers=1, memory=8, cutoffs=(5, 9)))
-    cfg = train_params(batch_size=2, bptt=12, epochs=8, lr=1e-2, eval_batch_size=1)
+    cfg = train_params(batch_size=2, bptt=12, tokens=8 * len(ids), eval_every=len(ids), lr=1e-2, eval_batch_size=1)
     fit(model, LanguageModelTask(ids, valid.segments.ids, valid.scored, vocab.sha256), cfg, root / "work", "f", progress=False)
     (root / "models" / "neural").mkdir(parents=True)
     (root / "work" / "best.pt").rename(root / "models" / "neural" / "model.pt")

@@ -38,11 +38,12 @@ def test_models_scored_on_different_tokens_or_vocabularies_are_refused():
         board_of(summary("ngram-kn-2", 50.0, vocab="a"), summary("ngram-mkn-2", 40.0, vocab="b"))
 
 
-def test_learning_curves_put_each_model_in_a_column_by_epoch(tmp_path):
-    history = lambda *ppl: [{"epoch": i + 1, "train_loss": math.log(p) + 0.1, "valid_ppl": p} for i, p in enumerate(ppl)]  # noqa: E731
+def test_learning_curves_put_each_model_in_a_column_by_round(tmp_path):
+    history = lambda *ppl: [{"round": i + 1, "tokens": 1000 * (i + 1), "train_loss": math.log(p) + 0.1, "valid_ppl": p}  # noqa: E731
+                            for i, p in enumerate(ppl)]
     curves = {"tuned": history(90.0, 80.0, 85.0), "transformer": history(120.0, 110.0)}
     frame = learning_curves(curves)
-    assert list(frame.columns) == ["epoch", "tuned", "transformer"]
+    assert list(frame.columns) == ["round", "tuned", "transformer"]
     assert frame.tuned.tolist() == [90.0, 80.0, 85.0]
     assert frame.transformer.tolist()[:2] == [120.0, 110.0] and pd.isna(frame.transformer.iloc[2])  # stopped early
     plot_learning_curves(curves, tmp_path / "curves.png")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import model_config
+from helpers import model_config, project_params
 from seqlab.errors import SeqLabError
-from seqlab.models import build, count_parameters, matched_ff_dim
+from seqlab.models import build, config_from_params, count_parameters, matched_ff_dim, output_layer
 from seqlab.models.attention import band_mask
 
 TINY = model_config(40, embed_dim=16, hidden_dim=16, layers=2, heads=4, memory=5, cutoffs=(8, 20))
@@ -50,9 +50,10 @@ def test_no_position_sees_the_future(config):
     assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
-@pytest.mark.parametrize("config", [c for c in VARIANTS if c.kind == "lstm_attention"], ids=IDS[:-1])
+@pytest.mark.parametrize("config", VARIANTS, ids=IDS)
 def test_token_by_token_equals_windows_equals_one_pass(config):
-    """The carried state (recurrent state + attention cache) makes window edges invisible."""
+    """The carried state (recurrent state + attention cache, or the Transformer's per-layer key/value
+    cache) makes window edges invisible."""
     model = model_of(config)
     ids = torch.randint(0, 40, (3, 23), generator=torch.Generator().manual_seed(2))
     whole = features(model, ids, 23)
@@ -70,6 +71,21 @@ def test_attention_cache_keeps_the_last_memory_states_and_attends_across_windows
     # the first position of the second window attends to the previous window's states
     assert weights[0, 0, :3].sum() > 0 and torch.allclose(weights.sum(-1), torch.ones(1, 7))
     assert (weights[0, 0, 4:] == 0).all()  # ... and not to later positions
+
+
+def test_the_transformer_caches_each_layers_last_memory_keys_and_values():
+    model = model_of(replace(TINY, kind="transformer", ff_dim=32, layers=2))
+    state = model.init_state(1)
+    _, state, weights = model(torch.arange(3).unsqueeze(0), state, need_weights=True)
+    assert set(state) == {"keys0", "values0", "keys1", "values1"} and weights.shape == (1, 3, 3)
+    _, state, weights = model(torch.arange(3, 10).unsqueeze(0), state, need_weights=True)
+    heads = TINY.heads
+    assert all(v.shape == (1, heads, TINY.memory, 16 // heads) for v in state.values()) and weights.shape == (1, 7, 3 + 7)
+    assert weights[0, 0, :3].sum() > 0 and torch.allclose(weights.sum(-1), torch.ones(1, 7))
+    assert (weights[0, 0, 4:] == 0).all() and (weights[0, -1, : 9 - TINY.memory] == 0).all()  # causal, within memory
+    # one more token costs one token's work: only the new position goes through the layers
+    _, after, _ = model(torch.tensor([[10]]), state)
+    assert all(v.shape[2] == TINY.memory for v in after.values())
 
 
 @pytest.mark.parametrize("output", ["full", "adaptive"])
@@ -104,12 +120,11 @@ def test_multihead_needs_heads_dividing_the_width():
         build(replace(TINY, attention="multihead", heads=3))
 
 
-@pytest.mark.parametrize("changes", [{}, {"attention": "multihead"}, {"rnn": "gru", "attention": "additive"}])
+@pytest.mark.parametrize("changes", [{}, {"attention": "multihead"}, {"rnn": "gru", "attention": "additive"},
+                                     {"kind": "transformer", "ff_dim": 24}])
 def test_a_long_context_is_read_window_by_window_with_the_answer_of_reading_it_whole(changes):
     """A served request may be any length: read in windows with the state carried, memory stays bounded
-    by the window and the model's memory, and the next-token distribution is the one-pass answer.
-    (The Transformer baseline recomputes its ``memory`` tokens in each window, as in training, so for
-    it the windowed answer is the one training defines, not the one-pass one.)"""
+    by the window and the model's memory, and the next-token distribution is the one-pass answer."""
     from seqlab.models.neural_lm import NeuralLM
 
     torch.manual_seed(0)
@@ -128,8 +143,7 @@ def test_a_long_context_is_read_window_by_window_with_the_answer_of_reading_it_w
 @pytest.mark.parametrize("changes", [{}, {"attention": "none"}, {"kind": "transformer", "ff_dim": 24}])
 def test_the_next_token_distribution_is_what_the_scoring_path_assigns(changes):
     """Prediction and scoring read a context the same way, window by window: p(t | context) from
-    ``next_log_probs`` is the probability ``log_probs`` gives t after that context (for the Transformer
-    too, whose answer depends on the window)."""
+    ``next_log_probs`` is the probability ``log_probs`` gives t after that context."""
     from seqlab.models.neural_lm import NeuralLM, stream_log_probs
 
     torch.manual_seed(0)
@@ -141,3 +155,19 @@ def test_the_next_token_distribution_is_what_the_scoring_path_assigns(changes):
         assert predicted[token] == pytest.approx(scored[-1], abs=1e-5)
     with pytest.raises(SeqLabError, match="needs a context of at least one token"):
         NeuralLM(model).next_log_probs([])
+
+
+@pytest.mark.parametrize("cutoffs, vocab_size, output, kept, note", [
+    ([2000, 8000], 16790, "adaptive", [2000, 8000], None),
+    ([2000, 8000], 5000, "adaptive", [2000], "model.cutoffs [2000, 8000] do not fit the vocabulary of 5000: the adaptive softmax uses cut-offs [2000]"),
+    ([2000, 8000], 43, "full", [], "model.cutoffs [2000, 8000] do not fit the vocabulary of 43: the full softmax is used (model.output: full)"),
+])
+def test_the_output_layer_is_fitted_to_a_small_vocabulary(cutoffs, vocab_size, output, kept, note):
+    spec = {**project_params()["model"], "cutoffs": cutoffs}
+    fitted, said = output_layer(spec, vocab_size)
+    assert (fitted["output"], fitted["cutoffs"], said) == (output, kept, note)
+    config = config_from_params(spec, vocab_size)
+    assert (config.output, list(config.cutoffs)) == (output, kept)
+    model = build(config)
+    features, _, _ = model(torch.zeros(1, 3, dtype=torch.long), model.init_state(1))
+    assert model.output.log_probs(features).shape == (1, 3, vocab_size)

@@ -10,12 +10,13 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from helpers import CONFIG, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, comparable, run, with_train
+from helpers import CONFIG, PASS, SCORED, TRAIN, TRAIN_IDS, VALID_IDS, comparable, run, with_train
 from seqlab.training import fit
 from seqlab.training.lm import LanguageModelTask
 from seqlab.errors import SeqLabError
@@ -33,10 +34,61 @@ def test_training_learns_the_language(tmp_path):
     assert math.isclose(math.exp(-log_probs[SCORED].mean()), result.best_valid_ppl, rel_tol=1e-9)
 
 
-def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
-    frozen = with_train(lr=1e-30, epochs=10, patience=2, lr_patience=100)
+def test_early_stopping_after_patience_rounds_without_improvement(tmp_path):
+    frozen = with_train(lr=1e-30, tokens=10 * PASS, patience=2)
     _, result = run(tmp_path, cfg=frozen)
-    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+    assert result.stopped_early and len(result.history) == 3 and result.best_round == 1
+
+
+def test_the_budget_is_tokens_seen_in_rounds_whatever_the_corpus_size(tmp_path):
+    """Five passes' worth of tokens over the stream, or fifteen over a third of it: the same steps,
+    rounds and schedule; the short stream is read again from its start as often as it takes."""
+    cfg = with_train(tokens=5 * PASS, eval_every=2 * PASS, patience=3)  # 375 steps of 40 tokens, a round every 150
+    _, result = run(tmp_path / "whole", cfg=cfg)
+    torch.manual_seed(cfg.seed)
+    short = fit(build(CONFIG), LanguageModelTask(TRAIN_IDS[:1000], VALID_IDS, SCORED, "vocab-hash"), cfg, tmp_path / "short",
+                "run-short", progress=False)
+    for history in (result.history, short.history):
+        assert [(r.round, r.steps) for r in history] == [(1, 150), (2, 300), (3, 375)]
+        assert all(0.99 * r.steps * 40 <= r.tokens <= r.steps * 40 for r in history)  # a pass's last window is shorter
+        assert history[-1].lr == pytest.approx(0.0, abs=1e-12)  # the cosine ends at 0 with the budget
+        assert history[0].lr == pytest.approx(cfg.lr * 0.5 * (1 + math.cos(math.pi * 150 / 375)))
+
+
+def test_the_plateau_schedule_halves_the_rate_after_a_round_without_improvement(tmp_path, monkeypatch):
+    monkeypatch.setattr("seqlab.training.lm.valid_loss", lambda *args: 1.0)  # never better than the first round
+    plateau = with_train(lr=1e-2, schedule="plateau", lr_factor=0.5, lr_patience=0, patience=10, tokens=4 * PASS)
+    _, result = run(tmp_path, cfg=plateau)
+    assert [r.lr for r in result.history] == [1e-2, 1e-2, 5e-3, 2.5e-3]
+
+
+@pytest.mark.parametrize("changes", [{}, {"attention": "multihead"}, {"attention": "none", "rnn": "gru"},
+                                     {"output": "full", "tie_weights": True}, {"kind": "transformer", "ff_dim": 24}])
+def test_training_scoring_and_generation_run_under_bf16_autocast(tmp_path, changes):
+    """The GPU path's bf16 autocast, run on CPU: a dtype mistake in it fails here, not on the first GPU."""
+    from seqlab.generate import generate
+    from seqlab.loading import Loaded
+    from seqlab.models.neural_lm import NeuralLM
+    from seqlab.tokenize import WordTokenizer
+    from seqlab.vocab import build_vocab
+
+    words = [f"s{i}" for i in range(CONFIG.vocab_size - 3)]  # the specials make it the model's vocabulary
+    vocab = build_vocab([words])
+    config = replace(CONFIG, **changes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model, result = run(tmp_path, config, with_train(tokens=PASS // 2, eval_every=PASS // 4))
+        assert len(result.history) == 2 and all(math.isfinite(r.valid_loss) for r in result.history)
+        assert result.history[1].valid_loss < result.history[0].valid_loss  # it learns
+        features, _, _ = model.eval()(torch.from_numpy(TRAIN_IDS[:20])[None], model.init_state(1))
+        assert model.output.log_probs(features).dtype == torch.float32  # what scoring sums is float32 whatever the features
+        scorer = NeuralLM(model, batch_size=3, window=7)
+        predicted = scorer.next_log_probs(TRAIN_IDS[:50].tolist())
+        assert np.isfinite(predicted).all() and np.exp(predicted).sum() == pytest.approx(1.0, abs=1e-2)
+        attention = config.kind == "transformer" or config.attention != "none"
+        generation = generate(Loaded(scorer, vocab, WordTokenizer(r"\S+", False)), "s1 s2 s3", max_tokens=6, seed=0,
+                              need_weights=attention)
+    assert len(generation.tokens) == 3 + 6 and all(t in vocab.index for t in generation.tokens)
+    assert bool(generation.attention) == attention
 
 
 CHILD = """
@@ -45,7 +97,7 @@ import torch
 sys.path.insert(0, {tests!r})
 from helpers import run
 steps, step = 0, torch.optim.Adam.step
-def counted(self, *args, **kwargs):  # SIGKILL before optimizer step 147: epoch 2 (75 steps each), step 72
+def counted(self, *args, **kwargs):  # SIGKILL before optimizer step 147: round 2 (75 steps each), step 72
     global steps
     steps += 1
     if steps == 75 + 72:
@@ -62,11 +114,11 @@ def test_resume_after_kill_9_reaches_the_same_weights_and_metrics(tmp_path):
     killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
-    assert (saved["epoch"], saved["step"]) == (1, 70)  # in epoch 2 (of 75 steps): the last multiple of 7
+    assert saved["step"] == 140  # in round 2 (of 75 steps): the last multiple of 7 before 147
 
     _, resumed = run(tmp_path / "a")
     _, straight = run(tmp_path / "b")
-    assert resumed.resumed_from == "epoch 2 step 70" and straight.resumed_from is None
+    assert resumed.resumed_from == "step 140" and straight.resumed_from is None
     assert comparable(resumed.history) == comparable(straight.history)
     a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["state_dict"]
@@ -74,16 +126,16 @@ def test_resume_after_kill_9_reaches_the_same_weights_and_metrics(tmp_path):
 
 
 def test_resume_state_of_other_settings_is_not_used(tmp_path, capsys):
-    run(tmp_path, cfg=with_train(epochs=1))
+    run(tmp_path, cfg=with_train(tokens=PASS))
     torch.manual_seed(0)
     model = build(CONFIG)
-    result = fit(model, LanguageModelTask(TRAIN_IDS, VALID_IDS, SCORED, "vocab-hash"), with_train(epochs=1), tmp_path, "run-2", progress=False)
+    result = fit(model, LanguageModelTask(TRAIN_IDS, VALID_IDS, SCORED, "vocab-hash"), with_train(tokens=PASS), tmp_path, "run-2", progress=False)
     assert result.resumed_from is None and "starting afresh" in capsys.readouterr().out
 
 
 def test_an_unreadable_resume_file_is_set_aside(tmp_path, capsys):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    _, result = run(tmp_path, cfg=with_train(epochs=1))
+    _, result = run(tmp_path, cfg=with_train(tokens=PASS))
     assert result.resumed_from is None and len(result.history) == 1
     assert f"{tmp_path / 'last.pt'}: unreadable" in capsys.readouterr().out
 
@@ -170,5 +222,5 @@ def test_loading_never_runs_pickled_code(tmp_path, monkeypatch):
 
 def test_too_little_training_data_is_one_clear_error(tmp_path):
     torch.manual_seed(0)
-    with pytest.raises(SeqLabError, match="the train split has 5 tokens: too few for batch_size 4"):
+    with pytest.raises(SeqLabError, match="params.yaml: train.batch_size: 4 rows need at least 8 train tokens; the train split has 5"):
         fit(build(CONFIG), LanguageModelTask(TRAIN_IDS[:5], VALID_IDS, SCORED, "v"), TRAIN, tmp_path, "f", progress=False)

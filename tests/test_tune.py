@@ -45,7 +45,7 @@ def searched(tune):
 
 
 def settings(**changes):
-    return PARAMS.tune.model_copy(update={"epochs": 3, "num_samples": 6, "grace_period": 1, "reduction_factor": 2.0,
+    return PARAMS.tune.model_copy(update={"tokens": 9000, "eval_every": 3000, "num_samples": 6, "grace_period": 1, "reduction_factor": 2.0,
                                           "optimization_config": SPACE, **changes})
 
 
@@ -91,7 +91,7 @@ def tracking(tmp_path):
 
 def test_the_seed_space_file_is_the_gpu_profile():
     space = load_space(PARAMS.tune.model_copy(update={"space_file": str(REPO / "configs" / "tune_gpu.json")}))
-    assert (space.name, space.epochs) == ("LSTMModelWithAttention", 100)
+    assert (space.name, space.tokens, space.rounds) == ("LSTMModelWithAttention", 20_000_000, 134)  # rounds of 150k
     dims = {d.key: d for d in space.dimensions}
     assert dims["lr"].targets == ("train.lr",) and dims["lr"].log and (dims["lr"].low, dims["lr"].high) == (1e-3, 1e-2)
     assert dims["num_layers"].targets == ("model.layers",) and not dims["num_layers"].log
@@ -119,7 +119,7 @@ def test_any_model_or_train_key_can_be_searched():
     ({"hidden_dim": {"values": []}}, "tune.optimization_config: hidden_dim: values must be a non-empty list (got [])"),
     ({"dropout": {"min": 0.0, "max": 0.5, "log": True}}, "tune.optimization_config: dropout: a log-uniform range needs min above 0"),
     ({"lr": {"min": "1e-3", "max": 0.01}}, "tune.optimization_config: lr: min and max must be numbers"),
-    ({"epochs": {"values": [1, 2]}}, "tune.optimization_config: epochs: unknown key"),
+    ({"tokens": {"values": [1, 2]}}, "tune.optimization_config: tokens: unknown key"),
     ({"lr": 0.01}, "tune.optimization_config.lr: Input should be a valid dictionary (got 0.01)"),
 ])
 def test_a_bad_space_in_params_is_one_line_naming_the_key(tmp_path, space, expected):
@@ -129,17 +129,18 @@ def test_a_bad_space_in_params_is_one_line_naming_the_key(tmp_path, space, expec
     assert str(err.value).startswith(f"{path}: {expected}")
 
 
-def test_grace_period_beyond_the_epochs_is_refused(tmp_path):
-    with pytest.raises(SeqLabError, match=r"tune: grace_period 12 exceeds epochs 9"):
+def test_grace_period_beyond_the_rounds_is_refused(tmp_path):
+    with pytest.raises(SeqLabError, match=r"tune: grace_period 12 exceeds the 4 rounds of tokens / eval_every"):
         load_params(write_params(tmp_path, grace_period=12))
 
 
 @pytest.mark.parametrize("content, expected", [
     ("{not json", "not valid JSON"),
-    (json.dumps({"name": "x", "epochs": 3, "optimization_config": {}, "trials": 4}), "trials: unknown key"),
-    (json.dumps({"name": "x", "optimization_config": {}}), "missing key epochs"),
-    (json.dumps({"name": "x", "epochs": 0, "optimization_config": {}}), "epochs: expected a whole number of at least 1"),
-    (json.dumps({"name": "x", "epochs": 3, "optimization_config": {"lr": {"min": 0.1, "max": 0.01}}}),
+    (json.dumps({"name": "x", "tokens": 300000, "optimization_config": {}, "trials": 4}), "trials: unknown key"),
+    (json.dumps({"name": "x", "optimization_config": {}}), "missing key tokens"),
+    (json.dumps({"name": "x", "tokens": 0, "optimization_config": {}}), "tokens: expected a whole number of at least tune.eval_every 150000"),
+    (json.dumps({"name": "x", "epochs": 3, "optimization_config": {}}), "epochs: a trial's budget is counted in tokens now"),
+    (json.dumps({"name": "x", "tokens": 300000, "optimization_config": {"lr": {"min": 0.1, "max": 0.01}}}),
      "optimization_config: lr: min 0.1 is above its max 0.01"),
 ])
 def test_a_bad_space_file_is_one_line_naming_the_file(tmp_path, content, expected):
@@ -168,7 +169,7 @@ def test_the_best_config_goes_into_params_for_training(tmp_path):
     best.write_text(json.dumps({"overrides": {"train.lr": 0.004, "model.layers": 1, "model.hidden_dim": 512}}))
     params, changes = tuned(PARAMS, best)
     assert (params.train.lr, params.model.layers, params.model.hidden_dim) == (0.004, 1, 512)
-    assert params.train.epochs == PARAMS.train.epochs and changes["train.lr"] == 0.004
+    assert params.train.tokens == PARAMS.train.tokens and changes["train.lr"] == 0.004
     best.write_text(json.dumps({"overrides": {"model.hidden": 512}}))
     with pytest.raises(SeqLabError, match=r"best_config.json: overrides.model.hidden: unknown key"):
         tuned(PARAMS, best)
@@ -189,8 +190,8 @@ def test_search_with_asha_a_crashed_trial_and_a_child_run_per_trial(tmp_path, tr
     assert marker.exists(), "the injected crash did not happen"
     assert len(table) == 6 and set(table["status"]) <= {"completed", "stopped by ASHA"}
     assert table["retries"].tolist().count(1) == 1 and table["retries"].sum() == 1  # one crash, retried, finished
-    assert (table["epochs"] >= 1).all() and result.trial_epochs == table["epochs"].sum() < result.full_epochs == 18
-    assert (table.loc[table.status == "completed", "epochs"] == 3).all() and "stopped by ASHA" in set(table["status"])
+    assert (table["rounds"] >= 1).all() and result.trial_rounds == table["rounds"].sum() < result.full_rounds == 18
+    assert (table.loc[table.status == "completed", "rounds"] == 3).all() and "stopped by ASHA" in set(table["status"])
     assert result.best["valid_loss"] == table["valid_loss"].min() and result.best["trial"] == table.iloc[0]["trial"]
     assert set(result.best["config"]) == {"lr", "hidden_dim"} and result.best["config"]["hidden_dim"] in (8, 16)
     assert result.resources == {"cpu": 1.0, "gpu": 0.0} and result.cluster == "a local Ray instance"
@@ -200,8 +201,8 @@ def test_search_with_asha_a_crashed_trial_and_a_child_run_per_trial(tmp_path, tr
     assert {r.info.status for r in children} == {"FINISHED"}
     for run in children:
         row = table.set_index("mlflow_run_id").loc[run.info.run_id]
-        history = client.get_metric_history(run.info.run_id, "epoch_valid_ppl")
-        assert sorted(m.step for m in history) == list(range(1, row["epochs"] + 1))  # once per epoch, also after the retry
+        history = client.get_metric_history(run.info.run_id, "round_valid_ppl")
+        assert sorted(m.step for m in history) == list(range(1, row["rounds"] + 1))  # once per round, also after the retry
         assert run.data.metrics["valid_ppl"] == pytest.approx(row["valid_ppl"])
         assert float(run.data.params["lr"]) == pytest.approx(row["lr"]) and int(run.data.params["hidden_dim"]) == row["hidden_dim"]
     plot_search(table, load_space(settings()), tmp_path / "tune.png")

@@ -157,12 +157,14 @@ class ModelParams(_Section):
 class TrainParams(_Section):
     batch_size: int = Field(ge=1)
     bptt: int = Field(ge=1)  # tokens per truncated-BPTT window
-    epochs: int = Field(ge=1)
+    tokens: int = Field(ge=1)  # the budget: target tokens seen (steps = tokens / (batch_size * bptt))
+    eval_every: int = Field(ge=1)  # tokens per round: valid loss, best checkpoint, early stopping
     lr: float = Field(gt=0)
+    schedule: Literal["cosine", "plateau"]  # cosine from lr to 0 over the budget | reduce on a plateau
     clip: float = Field(gt=0)  # gradient-norm clipping
-    patience: int = Field(ge=1)  # early stopping: epochs without a better valid loss
-    lr_factor: float = Field(gt=0, lt=1)  # reduce-on-plateau
-    lr_patience: int = Field(ge=0)
+    patience: int = Field(ge=1)  # early stopping: rounds without a better valid loss
+    lr_factor: float = Field(gt=0, lt=1)  # plateau: lr *= lr_factor ...
+    lr_patience: int = Field(ge=0)  # ... after this many rounds without improvement
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     amp: bool  # bf16 autocast on CUDA
@@ -176,16 +178,17 @@ class TrainParams(_Section):
 
 
 class TuneParams(_Section):
-    """The search of the tune stage; ``name``, ``epochs`` and ``optimization_config`` keep the shape
+    """The search of the tune stage; ``name``, ``tokens`` and ``optimization_config`` keep the shape
     of a search-space JSON file (``space_file``), which replaces them when set."""
 
     name: str = Field(min_length=1)
-    epochs: int = Field(ge=1)  # ASHA's max_t: the most epochs a trial runs
+    tokens: int = Field(ge=1)  # the most tokens a trial trains on (its budget, as train.tokens)
+    eval_every: int = Field(ge=1)  # tokens per round: a trial reports its valid loss after each (ASHA's time)
     optimization_config: dict[str, dict]  # key -> {min, max[, log]} or {values: [...]}
     space_file: str | None = Field(min_length=1)
     num_samples: int = Field(ge=1)  # trials
     search: Literal["random", "optuna"]  # random sampling or Optuna's TPE
-    grace_period: int = Field(ge=1)  # ASHA: epochs before a trial can be stopped ...
+    grace_period: int = Field(ge=1)  # ASHA: rounds before a trial can be stopped ...
     reduction_factor: float = Field(gt=1)  # ... and the share kept at each rung is 1/this
     train_tokens: int | None = Field(ge=100)  # trials train on the first this-many train tokens; null for all
     cpus_per_trial: float = Field(gt=0)
@@ -197,6 +200,11 @@ class TuneParams(_Section):
     storage: str | None = Field(min_length=1)  # trial checkpoints: a shared path or URI on a multi-node cluster
     seed: int
 
+    @property
+    def rounds(self) -> int:
+        """ASHA's max_t: the most rounds a trial runs."""
+        return -(-self.tokens // self.eval_every)
+
     @field_validator("optimization_config")
     @classmethod
     def _space(cls, space: dict[str, dict]) -> dict[str, dict]:
@@ -205,8 +213,10 @@ class TuneParams(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TuneParams":
-        if self.grace_period > self.epochs:
-            raise ValueError(f"grace_period {self.grace_period} exceeds epochs {self.epochs}")
+        if self.eval_every > self.tokens:
+            raise ValueError(f"eval_every {self.eval_every} exceeds tokens {self.tokens}")
+        if self.grace_period > self.rounds:
+            raise ValueError(f"grace_period {self.grace_period} exceeds the {self.rounds} rounds of tokens / eval_every")
         return self
 
 

@@ -84,30 +84,30 @@ def plot_perplexity(board: pd.DataFrame, path: str | Path) -> None:
 
 
 def learning_curves(histories: dict[str, list[dict]]) -> pd.DataFrame:
-    """Valid perplexity by epoch, a column per neural model (``{column: history}``), for ``dvc plots``."""
-    frame = pd.DataFrame({"epoch": sorted({e["epoch"] for history in histories.values() for e in history})})
+    """Valid perplexity by round, a column per neural model (``{column: history}``), for ``dvc plots``."""
+    frame = pd.DataFrame({"round": sorted({r["round"] for history in histories.values() for r in history})})
     for column, history in histories.items():
-        frame[column] = frame.epoch.map({e["epoch"]: e["valid_ppl"] for e in history})
+        frame[column] = frame["round"].map({r["round"]: r["valid_ppl"] for r in history})
     return frame
 
 
 def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> None:
-    """Train and valid perplexity by epoch for each neural model (``{model name: history}``); a star
-    marks the best epoch on valid."""
+    """Train and valid perplexity by tokens seen for each neural model (``{model name: history}``); a
+    star marks the best round on valid."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, history) in enumerate(histories.items()):
-        epochs = [e["epoch"] for e in history]
-        valid = [e["valid_ppl"] for e in history]
-        ax.plot(epochs, valid, marker="o", color=f"C{i}", label=f"{name} valid")
-        ax.plot(epochs, [math.exp(e["train_loss"]) for e in history], linestyle="--", color=f"C{i}", alpha=0.6, label=f"{name} train")
+        seen = [r["tokens"] / 1e6 for r in history]
+        valid = [r["valid_ppl"] for r in history]
+        ax.plot(seen, valid, marker="o", color=f"C{i}", label=f"{name} valid")
+        ax.plot(seen, [math.exp(r["train_loss"]) for r in history], linestyle="--", color=f"C{i}", alpha=0.6, label=f"{name} train")
         best = min(range(len(valid)), key=valid.__getitem__)
-        ax.plot([epochs[best]], [valid[best]], marker="*", markersize=14, color=f"C{i}", markeredgecolor="black", linestyle="none")
+        ax.plot([seen[best]], [valid[best]], marker="*", markersize=14, color=f"C{i}", markeredgecolor="black", linestyle="none")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("train tokens seen (millions)")
     ax.set_ylabel("perplexity (log scale)")
-    ax.set_title("Learning curves of the neural models (star: best epoch on valid)")
+    ax.set_title("Learning curves of the neural models (star: best round on valid)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()

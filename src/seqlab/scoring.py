@@ -158,7 +158,7 @@ class Summary:
     vocab_sha256: str
     valid: Scores
     test: Scores
-    history: list[dict] | None = None  # a trained model's epochs: epoch, train_loss, valid_loss, valid_ppl, lr
+    history: list[dict] | None = None  # a trained model's rounds: round, tokens, train_loss, valid_loss, valid_ppl, lr
 
     def as_dict(self) -> dict:
         history = {} if self.history is None else {"history": self.history}

@@ -21,7 +21,7 @@ KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
 UNUSED_FF_DIM = 1024
 
 __all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "config_from_params",
-           "count_parameters", "matched_ff_dim"]
+           "count_parameters", "matched_ff_dim", "output_layer"]
 
 
 def build(config: ModelConfig) -> nn.Module:
@@ -41,14 +41,24 @@ def matched_ff_dim(config: ModelConfig) -> int:
     return max(1, round(1 + (target - small) / per_unit))
 
 
-def config_from_params(spec: dict, vocab_size: int) -> ModelConfig:
-    """The architecture from params.yaml's ``model`` section and the vocabulary size; a transformer
-    with ``ff_dim: null`` gets the feed-forward width that matches the LSTM-attention's size."""
-    from seqlab.errors import SeqLabError
+def output_layer(spec: dict, vocab_size: int) -> tuple[dict, str | None]:
+    """``model``'s output settings fitted to the vocabulary: adaptive-softmax cut-offs at or above its
+    size are dropped, and with none left (or a vocabulary no larger than the first cluster) the full
+    softmax is used. Returns the settings and a one-line note of what changed (None: nothing)."""
+    if spec["output"] != "adaptive" or spec["cutoffs"][-1] < vocab_size:
+        return spec, None
+    kept = [c for c in spec["cutoffs"] if c < vocab_size]
+    written = f"model.cutoffs {spec['cutoffs']} do not fit the vocabulary of {vocab_size}"
+    if not kept:
+        return {**spec, "output": "full", "cutoffs": []}, f"{written}: the full softmax is used (model.output: full)"
+    return {**spec, "cutoffs": kept}, f"{written}: the adaptive softmax uses cut-offs {kept}"
 
-    spec = dict(spec)
-    if spec["output"] == "adaptive" and spec["cutoffs"][-1] >= vocab_size:
-        raise SeqLabError(f"params.yaml: model.cutoffs: the last cut-off must be below the vocabulary size {vocab_size} (got {spec['cutoffs']})")
+
+def config_from_params(spec: dict, vocab_size: int) -> ModelConfig:
+    """The architecture from params.yaml's ``model`` section and the vocabulary size (the output layer
+    fitted to it by ``output_layer``); a transformer with ``ff_dim: null`` gets the feed-forward width
+    that matches the LSTM-attention's size."""
+    spec, _ = output_layer(dict(spec), vocab_size)
     ff_dim = spec.pop("ff_dim")
     config = ModelConfig(vocab_size=vocab_size, **{**spec, "cutoffs": tuple(spec["cutoffs"]), "ff_dim": UNUSED_FF_DIM})
     if config.kind == "transformer":

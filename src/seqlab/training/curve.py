@@ -1,4 +1,4 @@
-"""A model's learning curve: train and valid loss per epoch, perplexity on the right axis."""
+"""A model's learning curve: train and valid loss by tokens seen, perplexity on the right axis."""
 
 from __future__ import annotations
 
@@ -6,25 +6,24 @@ import math
 from pathlib import Path
 
 from seqlab.plots import pyplot, save
-from seqlab.training.loop import Epoch
+from seqlab.training.loop import Round
 
 
-def plot_learning_curve(history: list[Epoch], path: str | Path, title: str) -> None:
-    """Train and valid loss per epoch, valid perplexity on the right axis."""
+def plot_learning_curve(history: list[Round], path: str | Path, title: str) -> None:
+    """Train and valid loss at the end of every round, by tokens seen; perplexity on the right axis."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     plt = pyplot()
-    epochs = [e.epoch for e in history]
+    seen = [r.tokens / 1e6 for r in history]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(epochs, [e.train_loss for e in history], marker="o", label="train loss")
-    ax.plot(epochs, [e.valid_loss for e in history], marker="o", label="valid loss")
-    ax.set_xlabel("epoch")
+    ax.plot(seen, [r.train_loss for r in history], marker="o", label="train loss (over the round)")
+    ax.plot(seen, [r.valid_loss for r in history], marker="o", label="valid loss")
+    ax.set_xlabel("train tokens seen (millions)")
     ax.set_ylabel("cross-entropy (nats per token)")
-    ax.set_xticks(epochs)
     ax.grid(True, alpha=0.3)
-    best = min(history, key=lambda e: e.valid_loss)
-    ax.plot([best.epoch], [best.valid_loss], marker="*", markersize=14, color="C1", linestyle="none",
-            label=f"best: epoch {best.epoch}, valid ppl {best.valid_ppl:.1f}")
+    best = min(history, key=lambda r: r.valid_loss)
+    ax.plot([best.tokens / 1e6], [best.valid_loss], marker="*", markersize=14, color="C1", linestyle="none",
+            label=f"best: round {best.round}, valid ppl {best.valid_ppl:.1f}")
     ax.legend(loc="upper right")
     right = ax.twinx()  # the same scale read as perplexity: ppl = exp(nats)
     low, high = ax.get_ylim()

@@ -2,7 +2,8 @@
 
 The train split is one stream of token ids cut into ``batch_size`` contiguous rows; each step reads
 the next ``bptt`` columns, and the model's state (recurrent state and attention cache) is carried to
-the next window, detached. The valid split is scored by the same function the evaluation uses.
+the next window, detached. A pass ends at the stream's end; the next starts again from its start with
+a fresh state. The valid split is scored by the same function the evaluation uses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def batchify(ids: np.ndarray, batch_size: int) -> torch.Tensor:
     """(batch_size, length) contiguous rows of the stream; the remainder is dropped."""
     length = len(ids) // batch_size
     if length < 2:
-        raise SeqLabError(f"the train split has {len(ids)} tokens: too few for batch_size {batch_size}")
+        raise SeqLabError(f"params.yaml: train.batch_size: {batch_size} rows need at least {2 * batch_size} train tokens; "
+                          f"the train split has {len(ids)}")
     return torch.from_numpy(np.ascontiguousarray(ids[: batch_size * length]).reshape(batch_size, length).astype(np.int64))
 
 
@@ -43,12 +45,12 @@ class LanguageModelTask:
     def prepare(self, cfg: TrainParams, device: torch.device) -> int:
         self.batch_size, self.bptt = cfg.batch_size, cfg.bptt
         self.data = batchify(self.train_ids, cfg.batch_size).to(device)
-        return (self.data.shape[1] - 1 + cfg.bptt - 1) // cfg.bptt  # windows per epoch
+        return (self.data.shape[1] - 1 + cfg.bptt - 1) // cfg.bptt  # windows per pass
 
-    def tokens_per_epoch(self) -> int:
-        return (self.data.shape[1] - 1) * self.batch_size
+    def tokens_per_step(self, cfg: TrainParams) -> int:
+        return cfg.batch_size * cfg.bptt
 
-    def start_epoch(self, model: nn.Module, device: torch.device) -> State:
+    def start_pass(self, model: nn.Module, device: torch.device) -> State:
         return model.init_state(self.batch_size, device)
 
     def loss(self, model: nn.Module, step: int, state: State) -> tuple[torch.Tensor, State, int]:

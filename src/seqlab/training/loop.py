@@ -1,17 +1,22 @@
-"""The one trainer loop: Adam, gradient clipping, reduce-on-plateau, early stopping, the divergence
-check, checkpoints and kill -9 resume, for any task.
+"""The one trainer loop: Adam, gradient clipping, a learning-rate schedule, early stopping, the
+divergence check, checkpoints and kill -9 resume, for any task.
 
-What a task decides (``Task``): how an epoch's batches are cut, what state is carried from one batch
-to the next, how a batch's loss is computed and what is scored on valid, and how the best model is
-saved. The loop decides everything else. After every epoch the valid loss is computed; the best model
-so far is saved, the learning rate is reduced on a plateau, and training stops after ``patience``
-epochs without improvement.
+The budget is counted in tokens, so it means the same on any corpus: ``train.tokens`` target tokens
+are seen in all (the train split is read again from its start as often as that takes), and every
+``train.eval_every`` tokens a *round* ends: the valid loss is computed, the best model so far is
+saved, and training stops after ``patience`` rounds without improvement. The learning rate follows a
+cosine from ``train.lr`` to zero over the budget (``schedule: cosine``), or is reduced on a plateau of
+the valid loss (``schedule: plateau``).
 
-Resuming: every ``checkpoint_every`` steps and at each epoch end the whole training state (weights,
-optimizer, scheduler, random state, position in the epoch, the carried state, history) is written
-atomically to ``workdir/last.pt``, beside the best model so far, ``workdir/best.pt``. A run started
-with the same settings continues from there and ends with the same weights and metrics as one that
-was never interrupted.
+What a task decides (``Task``): how a pass over its data is cut into batches, what state is carried
+from one batch to the next, how a batch's loss is computed and what is scored on valid, and how the
+best model is saved. The loop decides everything else.
+
+Resuming: every ``checkpoint_every`` steps and at each round's end the whole training state (weights,
+optimizer, schedule, random state, the step, the carried state, history) is written atomically to
+``workdir/last.pt``, beside the best model so far, ``workdir/best.pt``. A run started with the same
+settings continues from there and ends with the same weights and metrics as one that was never
+interrupted.
 """
 
 from __future__ import annotations
@@ -39,16 +44,16 @@ class Task(Protocol):
     """The task-specific part of training; ``prepare`` is called once, before the first step."""
 
     def prepare(self, cfg: TrainParams, device: torch.device) -> int:
-        """Put the training data on ``device``; returns the number of steps in an epoch."""
+        """Put the training data on ``device``; returns the number of steps in a pass over it."""
 
-    def tokens_per_epoch(self) -> int:
-        """The target tokens an epoch trains on (the progress bar's total)."""
+    def tokens_per_step(self, cfg: TrainParams) -> int:
+        """The target tokens of a full batch: how the token budget becomes steps."""
 
-    def start_epoch(self, model: nn.Module, device: torch.device) -> State:
-        """The state carried into an epoch's first batch."""
+    def start_pass(self, model: nn.Module, device: torch.device) -> State:
+        """The state carried into a pass's first batch."""
 
     def loss(self, model: nn.Module, step: int, state: State) -> tuple[torch.Tensor, State, int]:
-        """The mean loss of batch ``step``, the state to carry on, and how many target tokens it had."""
+        """The mean loss of batch ``step`` of a pass, the state to carry on, and how many target tokens it had."""
 
     def detach(self, state: State) -> State:
         """``state`` cut from the graph (before it is saved)."""
@@ -74,8 +79,10 @@ def fingerprint(*parts) -> str:
 
 
 @dataclass
-class Epoch:
-    epoch: int
+class Round:
+    round: int  # 1, 2, ...: a valid evaluation every train.eval_every tokens
+    steps: int  # optimiser steps so far ...
+    tokens: int  # ... and target tokens seen so far
     train_loss: float
     valid_loss: float
     valid_ppl: float
@@ -86,19 +93,54 @@ class Epoch:
 
 @dataclass
 class Result:
-    history: list[Epoch]
-    best_epoch: int
+    history: list[Round]
+    best_round: int
     best_valid_loss: float
     stopped_early: bool
-    resumed_from: str | None  # "epoch E step S" when the run continued an interrupted one
+    resumed_from: str | None  # "step S" when the run continued an interrupted one
 
     @property
     def best_valid_ppl(self) -> float:
         return math.exp(self.best_valid_loss)
 
 
-def _when(epoch: int, step: int) -> str:
-    return f"epoch {epoch + 1} step {step}" if step else f"after epoch {epoch}"
+@dataclass(frozen=True)
+class Plan:
+    """The token budget in steps: ``total`` optimiser steps in ``rounds`` rounds of ``per_round``
+    (the last takes what is left)."""
+
+    total: int
+    per_round: int
+    rounds: int
+
+    @classmethod
+    def of(cls, cfg: TrainParams, tokens_per_step: int) -> "Plan":
+        total = max(1, round(cfg.tokens / tokens_per_step))
+        per_round = min(total, max(1, round(cfg.eval_every / tokens_per_step)))
+        rounds = min(-(-cfg.tokens // cfg.eval_every), -(-total // per_round))
+        return cls(total, per_round, rounds)
+
+    def round_of(self, step: int) -> int:
+        """The 0-based round that step ``step`` (0-based) belongs to."""
+        return min(step // self.per_round, self.rounds - 1)
+
+    def end_of(self, round_index: int) -> int:
+        """The step count at which round ``round_index`` (0-based) closes."""
+        return self.total if round_index == self.rounds - 1 else (round_index + 1) * self.per_round
+
+
+def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (one pass over all parameters; on 2 CPU cores about 6x faster per
+    step than the loop over tensors, the same updates to rounding)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+def schedule(optimizer: torch.optim.Optimizer, cfg: TrainParams, plan: Plan):
+    """The learning-rate schedule: a cosine over the budget (stepped every step) or reduce-on-plateau
+    (stepped with every round's valid loss)."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, plan.total) / plan.total)))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.lr_factor, patience=cfg.lr_patience)
 
 
 def fit(
@@ -107,7 +149,7 @@ def fit(
     cfg: TrainParams,
     workdir: str | Path,
     run_fingerprint: str,
-    on_epoch: Callable[[Epoch], None] = lambda epoch: None,
+    on_round: Callable[[Round], None] = lambda record: None,
     progress: bool = True,
 ) -> Result:
     """Train ``model`` (built on CPU and seeded by the caller) on ``task``; its best weights end in
@@ -118,12 +160,13 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model.to(device)
-    steps = task.prepare(cfg, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.lr_factor, patience=cfg.lr_patience)
-    history: list[Epoch] = []
-    best, bad_epochs, epoch, step, state = math.inf, 0, 0, 0, None
-    resumed_from, stopped_early, running = None, False, (0, 0.0, 0)  # tokens, loss sum, loss count this epoch
+    per_pass = task.prepare(cfg, device)
+    plan = Plan.of(cfg, task.tokens_per_step(cfg))
+    optimizer = adam(model, cfg.lr)
+    scheduler = schedule(optimizer, cfg, plan)
+    history: list[Round] = []
+    best, bad_rounds, step, tokens, state = math.inf, 0, 0, 0, None
+    resumed_from, stopped_early, running = None, False, (0.0, 0)  # loss sum, loss count this round
     best_path, resume_path = Path(workdir) / "best.pt", Path(workdir) / "last.pt"
     saved_at: dict[Path, str] = {}  # the checkpoints this run can go back to, and when they were written
     if resume_path.exists():
@@ -139,36 +182,36 @@ def fit(
             torch.set_rng_state(saved["rng"].cpu())
             if device.type == "cuda" and "cuda_rng" in saved:
                 torch.cuda.set_rng_state(saved["cuda_rng"].cpu())
-            history = [Epoch(**e) for e in json.loads(saved["history"])]
-            best, bad_epochs, epoch, step = saved["best"], saved["bad_epochs"], saved["epoch"], saved["step"]
+            history = [Round(**r) for r in json.loads(saved["history"])]
+            best, bad_rounds, step, tokens = saved["best"], saved["bad_rounds"], saved["step"], saved["tokens"]
             stopped_early, running = saved["stopped_early"], tuple(saved["running"])
             state = {k: v.to(device) for k, v in saved["state"].items()} if saved["state"] else None
-            resumed_from = f"epoch {epoch + 1} step {step}"
-            print(f"{resume_path}: resuming from {resumed_from}")
-            saved_at[resume_path] = _when(epoch, step)
+            resumed_from = f"step {step}"
+            print(f"{resume_path}: resuming from {resumed_from} of {plan.total}")
+            saved_at[resume_path] = f"step {step}"
             if best_path.exists():
-                saved_at[best_path] = f"best, epoch {min(history, key=lambda e: e.valid_loss).epoch}" if history else "best"
+                saved_at[best_path] = f"best, round {min(history, key=lambda r: r.valid_loss).round}" if history else "best"
             for record in history:
-                on_epoch(record)
+                on_round(record)
         else:
             print(f"{resume_path}: left by a run with other settings or data; starting afresh")
 
     def save_resume() -> None:
         payload = {"fingerprint": run_fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                   "history": json.dumps([asdict(e) for e in history]), "best": best, "bad_epochs": bad_epochs,
-                   "epoch": epoch, "step": step, "state": state or {}, "stopped_early": stopped_early,
-                   "running": [tokens, loss_sum, loss_count] if step else [0, 0.0, 0]}
+                   "history": json.dumps([asdict(r) for r in history]), "best": best, "bad_rounds": bad_rounds,
+                   "step": step, "tokens": tokens, "state": state or {}, "stopped_early": stopped_early,
+                   "running": list(running)}
         if device.type == "cuda":
             payload["cuda_rng"] = torch.cuda.get_rng_state()
         with atomic_path(resume_path) as tmp:
             torch.save(payload, tmp)
-        saved_at[resume_path] = _when(epoch, step)
+        saved_at[resume_path] = f"step {step}"
 
-    def diverged(what: str, epoch: int, step: int) -> None:
+    def diverged(what: str, step: int) -> None:
         kept = ", ".join(f"{path} ({when})" for path, when in saved_at.items()) or "none (none was written yet)"
         raise SeqLabError(
-            f"training diverged: {what} at epoch {epoch + 1} step {step} (lr {optimizer.param_groups[0]['lr']:.3g}); "
+            f"training diverged: {what} at step {step} of {plan.total} (lr {optimizer.param_groups[0]['lr']:.3g}); "
             f"nothing saved after it, the last good checkpoints stay: {kept}; the same settings diverge again: lower the "
             "learning rate (params.yaml: train.lr, or the search's pick in models/tune/best_config.json) or train.clip")
 
@@ -176,36 +219,40 @@ def fit(
         """Finite weights before anything is saved, so a checkpoint is always one to go back to."""
         for name, tensor in model.state_dict().items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                diverged(f"weight {name} is not finite", epoch, step)
+                diverged(f"weight {name} is not finite", step)
 
-    while epoch < cfg.epochs and not stopped_early:
+    while step < plan.total and not stopped_early:
         model.train()
-        if step == 0:
-            state = task.start_epoch(model, device)
-        total = task.tokens_per_epoch()
-        bar = tqdm(total=total, initial=round(total * step / steps), unit="tok", unit_scale=True,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, dynamic_ncols=True)
-        started, (tokens, loss_sum, loss_count) = time.perf_counter(), running
-        resumed_tokens = tokens
-        while step < steps:
+        index = plan.round_of(step)
+        end = plan.end_of(index)
+        bar = tqdm(total=end - index * plan.per_round, initial=step - index * plan.per_round, unit="step",
+                   desc=f"round {index + 1}/{plan.rounds}", disable=not progress, leave=False, dynamic_ncols=True)
+        started, round_tokens, (loss_sum, loss_count) = time.perf_counter(), 0, running
+        while step < end:
+            if step % per_pass == 0 or state is None:  # a pass over the data starts: nothing to carry
+                state = task.start_pass(model, device)
             with autocast(device, cfg.amp):
-                loss, state, count = task.loss(model, step, state)
+                loss, state, count = task.loss(model, step % per_pass, state)
             value = loss.item()
             if not math.isfinite(value):
-                diverged(f"the training loss is {value}", epoch, step + 1)
+                diverged(f"the training loss is {value}", step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
+            if cfg.schedule == "cosine":
+                scheduler.step()
             step += 1
             tokens += count
+            round_tokens += count
             loss_sum += value * count
             loss_count += count
-            bar.update(count)
-            if step % 10 == 0 or step == steps:
+            running = (loss_sum, loss_count)
+            bar.update(1)
+            if step % 10 == 0 or step == end:
                 mean = loss_sum / loss_count
                 bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.1f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
-            if step % cfg.checkpoint_every == 0 and step < steps:
+            if step % cfg.checkpoint_every == 0 and step < end:
                 state = task.detach(state)
                 check_weights(step)
                 save_resume()
@@ -214,26 +261,26 @@ def fit(
         check_weights(step)
         loss_now = task.valid_loss(model, cfg)
         if not math.isfinite(loss_now):
-            diverged(f"the valid loss is {loss_now}", epoch, step)
-        speed = (tokens - resumed_tokens) / seconds if seconds else 0.0
-        record = Epoch(epoch + 1, loss_sum / max(loss_count, 1), loss_now, math.exp(loss_now),
-                       optimizer.param_groups[0]["lr"], speed, seconds)
+            diverged(f"the valid loss is {loss_now}", step)
+        record = Round(index + 1, step, tokens, loss_sum / max(loss_count, 1), loss_now, math.exp(loss_now),
+                       optimizer.param_groups[0]["lr"], round_tokens / seconds if seconds else 0.0, seconds)
         history.append(record)
-        scheduler.step(loss_now)
+        if cfg.schedule == "plateau":
+            scheduler.step(loss_now)
         if loss_now < best:
-            best, bad_epochs = loss_now, 0
-            task.save_best(best_path, model, epoch=epoch + 1, valid_loss=loss_now)
-            saved_at[best_path] = f"best, epoch {epoch + 1}"
+            best, bad_rounds = loss_now, 0
+            task.save_best(best_path, model, round=record.round, valid_loss=loss_now)
+            saved_at[best_path] = f"best, round {record.round}"
         else:
-            bad_epochs += 1
-            stopped_early = bad_epochs >= cfg.patience
+            bad_rounds += 1
+            stopped_early = bad_rounds >= cfg.patience
         if progress:
-            print(f"epoch {record.epoch}: train loss {record.train_loss:.4f}, valid ppl {record.valid_ppl:.2f}, "
-                  f"{record.tokens_per_s:,.0f} tokens/s, lr {record.lr:.3g}" + ("; stopping early" if stopped_early else ""))
-        epoch, step, state, running = epoch + 1, 0, None, (0, 0.0, 0)
+            print(f"round {record.round}/{plan.rounds} ({record.tokens:,} tokens): train loss {record.train_loss:.4f}, "
+                  f"valid ppl {record.valid_ppl:.2f}, {record.tokens_per_s:,.0f} tokens/s, lr {record.lr:.3g}"
+                  + ("; stopping early" if stopped_early else ""))
+        running = (0.0, 0)
+        state = task.detach(state) if state is not None else None
         save_resume()
-        on_epoch(record)  # after the save: a caller may checkpoint workdir/last.pt here
-    if best == math.inf:
-        raise SeqLabError("training ran no epoch: nothing to save (train.epochs must be at least 1)")
-    best_epoch = min(history, key=lambda e: e.valid_loss).epoch
-    return Result(history, best_epoch, best, stopped_early, resumed_from)
+        on_round(record)  # after the save: a caller may checkpoint workdir/last.pt here
+    best_round = min(history, key=lambda r: r.valid_loss).round
+    return Result(history, best_round, best, stopped_early, resumed_from)

@@ -1,6 +1,6 @@
 """A search over the neural LM's hyperparameters: Ray Tune with ASHA, random or Optuna TPE sampling.
 
-Each trial (``seqlab.tune.trial``) trains the sampled configuration and reports after every epoch; the
+Each trial (``seqlab.tune.trial``) trains the sampled configuration and reports after every round; the
 driver records every trial as an MLflow child run of the search's run (``seqlab.tracking``), shows a
 progress bar, and returns the trials as a table, best first.
 """
@@ -47,7 +47,7 @@ class TrialRecord:
 
     @property
     def best(self) -> dict:
-        """The reported epoch with the lowest valid loss; {} before the first report."""
+        """The reported round with the lowest valid loss; {} before the first report."""
         return min(self.results, key=lambda r: r["valid_loss"], default={})
 
 
@@ -77,11 +77,11 @@ def _tracker(runs, space: Space, total: int, bar):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self.trials[trial.trial_id]
-            record.results.append({k: result[k] for k in ("epoch", "valid_loss", "valid_ppl", "train_loss", "tokens_per_s", "lr", "epoch_seconds")})
+            record.results.append({k: result[k] for k in ("round", "tokens", "valid_loss", "valid_ppl", "train_loss", "tokens_per_s", "lr", "round_seconds")})
             self.runs.log_metrics(record.run_id, {
-                name: result[key] for name, key in (("valid_loss", "valid_loss"), ("epoch_valid_ppl", "valid_ppl"),
+                name: result[key] for name, key in (("valid_loss", "valid_loss"), ("round_valid_ppl", "valid_ppl"),
                                                     ("train_loss", "train_loss"), ("tokens_per_s", "tokens_per_s"), ("lr", "lr"))},
-                step=int(result["epoch"]))
+                step=int(result["round"]))
             self.bar.update(1)
             best = min((r["valid_ppl"] for t in self.trials.values() for r in t.results), default=math.inf)
             self.bar.set_postfix(best_ppl=f"{best:.1f}", refresh=False)
@@ -90,12 +90,12 @@ def _tracker(runs, space: Space, total: int, bar):
             record = self.trials[trial.trial_id]
             record.retries += 1
             self.runs.set_tag(record.run_id, "seqlab.retries", str(record.retries))
-            tqdm.write(f"trial {record.index:03d}: crashed after epoch {len(record.results)}; retrying from its last checkpoint")
+            tqdm.write(f"trial {record.index:03d}: crashed after round {len(record.results)}; retrying from its last checkpoint")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             record = self.trials[trial.trial_id]
-            record.status = "completed" if len(record.results) >= space.epochs else "stopped by ASHA"
-            self.bar.total -= space.epochs - len(record.results)  # epochs the trial will never run
+            record.status = "completed" if len(record.results) >= space.rounds else "stopped by ASHA"
+            self.bar.total -= space.rounds - len(record.results)  # rounds the trial will never run
             self.bar.refresh()
             self._end(record, "FINISHED")
 
@@ -104,7 +104,7 @@ def _tracker(runs, space: Space, total: int, bar):
             if record is None:
                 return
             record.status = "error"
-            self.bar.total -= space.epochs - len(record.results)
+            self.bar.total -= space.rounds - len(record.results)
             self.bar.refresh()
             record.error = _error_line(trial.error_file)
             self._end(record, "FAILED")
@@ -112,11 +112,11 @@ def _tracker(runs, space: Space, total: int, bar):
         def _end(self, record: TrialRecord, status: str) -> None:
             best = record.best
             if best:
-                self.runs.log_metrics(record.run_id, {"valid_ppl": best["valid_ppl"], "best_epoch": best["epoch"]})
+                self.runs.log_metrics(record.run_id, {"valid_ppl": best["valid_ppl"], "best_round": best["round"]})
                 self.runs.set_tag(record.run_id, "seqlab.trial_status", record.status)
             self.runs.end(record.run_id, status)
             ppl = f"best valid ppl {best['valid_ppl']:.2f}" if best else record.error
-            tqdm.write(f"trial {record.index:03d}/{total} {record.status} after {len(record.results)} epochs: {ppl}")
+            tqdm.write(f"trial {record.index:03d}/{total} {record.status} after {len(record.results)} rounds: {ppl}")
 
     return Tracker(runs, bar)
 
@@ -137,9 +137,9 @@ def _show(value) -> str:
 @dataclass
 class SearchResult:
     trials: Any  # pandas.DataFrame, one row per trial, best first
-    best: dict  # the best trial's config (seed names), epoch, valid loss and ppl
-    trial_epochs: int  # epochs run by all trials together ...
-    full_epochs: int  # ... and had every trial run to its end
+    best: dict  # the best trial's config (seed names), round, valid loss and ppl
+    trial_rounds: int  # rounds run by all trials together ...
+    full_rounds: int  # ... and had every trial run to its end
     resources: dict[str, float]
     cluster: str
     seconds: float
@@ -163,7 +163,7 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
     import logging
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would interleave with the progress bar
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a checkpoint per epoch is the point
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a checkpoint per round is the point
     import pandas as pd
     import ray
     from ray import tune
@@ -189,13 +189,13 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
             from ray.tune.search.basic_variant import BasicVariantGenerator
 
             searcher = BasicVariantGenerator(random_state=tune_params.seed)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=space.epochs, grace_period=tune_params.grace_period,
+        scheduler = ASHAScheduler(time_attr="round", max_t=space.rounds, grace_period=tune_params.grace_period,
                                   reduction_factor=tune_params.reduction_factor)
-        payload = {**data, "dimensions": space.dimensions, "params": params, "epochs": space.epochs,
+        payload = {**data, "dimensions": space.dimensions, "params": params, "tokens": space.tokens,
                    "resources": resources, "crash_marker": os.environ.get(FAULT_ENV)}
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=payload), resources)
-        total = tune_params.num_samples * space.epochs
-        with tqdm(total=total, unit="trial-epoch", desc=f"search {space.name}", dynamic_ncols=True) as bar:
+        total = tune_params.num_samples * space.rounds
+        with tqdm(total=total, unit="trial-round", desc=f"search {space.name}", dynamic_ncols=True) as bar:
             tracker = _tracker(runs, space, tune_params.num_samples, bar)
             tuner = tune.Tuner(
                 trainable,
@@ -214,17 +214,17 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
     records = sorted(tracker.trials.values(), key=lambda r: r.index)
     if not any(r.results for r in records):
         errors = [r.error for r in records if r.error]
-        raise SeqLabError(f"tune: no trial finished an epoch; first error: {errors[0] if errors else 'none reported'}")
+        raise SeqLabError(f"tune: no trial finished a round; first error: {errors[0] if errors else 'none reported'}")
     rows = []
     for record in records:
         best = record.best
-        rows.append({"trial": record.index, "status": record.status, "epochs": len(record.results),
-                     "best_epoch": best.get("epoch"), "valid_loss": best.get("valid_loss"), "valid_ppl": best.get("valid_ppl"),
+        rows.append({"trial": record.index, "status": record.status, "rounds": len(record.results),
+                     "best_round": best.get("round"), "tokens": best.get("tokens"), "valid_loss": best.get("valid_loss"), "valid_ppl": best.get("valid_ppl"),
                      "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in record.results])) if record.results else None,
-                     "minutes": sum(r["epoch_seconds"] for r in record.results) / 60, "retries": record.retries,
+                     "minutes": sum(r["round_seconds"] for r in record.results) / 60, "retries": record.retries,
                      **record.config, "error": record.error, "mlflow_run_id": record.run_id})
     table = pd.DataFrame(rows).sort_values(["valid_loss", "trial"], na_position="last").reset_index(drop=True)
     top = table.iloc[0]
-    best = {"trial": int(top["trial"]), "epoch": int(top["best_epoch"]), "valid_loss": float(top["valid_loss"]),
+    best = {"trial": int(top["trial"]), "round": int(top["best_round"]), "valid_loss": float(top["valid_loss"]),
             "valid_ppl": float(top["valid_ppl"]), "config": next(r.config for r in records if r.index == top["trial"])}
-    return SearchResult(table, best, int(table["epochs"].sum()), tune_params.num_samples * space.epochs, resources, cluster, seconds)
+    return SearchResult(table, best, int(table["rounds"].sum()), tune_params.num_samples * space.rounds, resources, cluster, seconds)

@@ -3,7 +3,8 @@
 The space is written the way SeqLab's configuration writes it, in params.yaml (``tune``) or in a JSON
 file of the same shape::
 
-    {"name": "LSTMModelWithAttention", "epochs": 100,
+    {"name": "LSTMModelWithAttention", "tokens": 20000000,                 # a trial's budget
+
      "optimization_config": {"lr": {"min": 1e-3, "max": 1e-2},          # log-uniform
                              "num_layers": {"min": 1, "max": 2},         # integer, inclusive
                              "hidden_dim": {"values": [512, 1024]}}}
@@ -32,8 +33,8 @@ SEED_KEYS = {  # the seed's names for the keys of params.yaml
     "batch_size": ("train.batch_size",),
     "dropout": ("model.dropout_embed", "model.dropout_rnn", "model.dropout_out"),
 }
-NOT_SEARCHED = {"epochs", "device", "seed", "amp", "eval_batch_size", "checkpoint_every", "cutoffs"}
-SPACE_FILE_KEYS = ("name", "epochs", "optimization_config")
+NOT_SEARCHED = {"tokens", "eval_every", "patience", "device", "seed", "amp", "eval_batch_size", "checkpoint_every", "cutoffs"}
+SPACE_FILE_KEYS = ("name", "tokens", "optimization_config")
 
 
 def searchable(sections: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -105,7 +106,8 @@ def parse_space(space: Mapping[str, Any], known: Mapping[str, tuple[str, ...]]) 
 @dataclass(frozen=True)
 class Space:
     name: str
-    epochs: int  # the most epochs a trial runs (ASHA's max_t)
+    tokens: int  # the most tokens a trial trains on ...
+    rounds: int  # ... in this many rounds of tune.eval_every tokens (ASHA's max_t)
     dimensions: list[Dimension]
     source: str  # where it was written, for error messages: "params.yaml: tune" or the JSON file
 
@@ -113,8 +115,8 @@ class Space:
 def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: str | Path = "params.yaml") -> Space:
     """The search space of params.yaml's ``tune`` section, or of the JSON file ``tune.space_file`` names."""
     if tune_params.space_file is None:
-        return Space(tune_params.name, tune_params.epochs, parse_space(tune_params.optimization_config, known),
-                     f"{params_path}: tune.optimization_config")
+        return Space(tune_params.name, tune_params.tokens, tune_params.rounds,
+                     parse_space(tune_params.optimization_config, known), f"{params_path}: tune.optimization_config")
     path = Path(tune_params.space_file)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -125,6 +127,9 @@ def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: s
     if not isinstance(raw, dict):
         raise SeqLabError(f"{path}: expected an object with keys {', '.join(SPACE_FILE_KEYS)}")
     for key in raw:
+        if key == "epochs":
+            raise SeqLabError(f"{path}: epochs: a trial's budget is counted in tokens now; write tokens (e.g. "
+                              f"{tune_params.tokens}) instead")
         if key not in SPACE_FILE_KEYS:
             raise SeqLabError(f"{path}: {key}: unknown key; expected {', '.join(SPACE_FILE_KEYS)}")
     for key in SPACE_FILE_KEYS:
@@ -132,15 +137,17 @@ def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: s
             raise SeqLabError(f"{path}: missing key {key}")
     if not isinstance(raw["name"], str) or not raw["name"]:
         raise SeqLabError(f"{path}: name: expected a non-empty string (got {raw['name']!r})")
-    if not isinstance(raw["epochs"], int) or isinstance(raw["epochs"], bool) or raw["epochs"] < 1:
-        raise SeqLabError(f"{path}: epochs: expected a whole number of at least 1 (got {raw['epochs']!r})")
-    if tune_params.grace_period > raw["epochs"]:
-        raise SeqLabError(f"{params_path}: tune.grace_period: {tune_params.grace_period} exceeds the epochs {raw['epochs']} of {path}")
+    tokens = raw["tokens"]
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < tune_params.eval_every:
+        raise SeqLabError(f"{path}: tokens: expected a whole number of at least tune.eval_every {tune_params.eval_every} (got {tokens!r})")
+    rounds = -(-tokens // tune_params.eval_every)
+    if tune_params.grace_period > rounds:
+        raise SeqLabError(f"{params_path}: tune.grace_period: {tune_params.grace_period} exceeds the {rounds} rounds of {path}")
     try:
         dimensions = parse_space(raw["optimization_config"], known)
     except ValueError as err:
         raise SeqLabError(f"{path}: optimization_config: {err}") from None
-    return Space(raw["name"], raw["epochs"], dimensions, f"{path}: optimization_config")
+    return Space(raw["name"], tokens, rounds, dimensions, f"{path}: optimization_config")
 
 
 def overrides(config: Mapping[str, Any], dimensions: list[Dimension]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """One trial of a search: the train stage's trainer on a sampled configuration, on a Ray worker.
 
-A trial reports the valid loss after every epoch with a checkpoint, so a trial that crashes is retried
-from its last epoch and ASHA can stop the weak ones early. ``check_space`` makes sure, before a
+A trial trains on its budget (``tune.tokens``, with the schedule over that budget) and reports the
+valid loss after every round (``tune.eval_every`` tokens) with a checkpoint, so a trial that crashes is
+retried from its last round and ASHA can stop the weak ones early. ``check_space`` makes sure, before a
 search starts, that every value a dimension can take is a valid setting.
 """
 
@@ -65,7 +66,7 @@ def check_space(space: Space, params: Params, vocab_size: int) -> dict[str, bool
 
 
 def run_trial(config: dict, data: dict) -> None:
-    """The trainable Ray runs: the stage's trainer on the sampled configuration, reporting after every epoch."""
+    """The trainable Ray runs: the stage's trainer on the sampled configuration, reporting after every round."""
     import torch
     from ray import tune
 
@@ -77,26 +78,28 @@ def run_trial(config: dict, data: dict) -> None:
     fix_threads(max(1, int(data["resources"]["cpu"])))
     params = trial_params(data["params"], config, data["dimensions"])
     model_config = config_from_params(params.model.model_dump(), data["vocab_size"])
-    cfg = params.train.model_copy(update={"epochs": data["epochs"], "patience": data["epochs"],  # only ASHA stops a trial
+    rounds = -(-data["tokens"] // params.tune.eval_every)
+    cfg = params.train.model_copy(update={"tokens": data["tokens"], "eval_every": params.tune.eval_every,
+                                          "patience": rounds,  # only ASHA stops a trial
                                           "device": "cuda" if data["resources"]["gpu"] else "cpu", "checkpoint_every": 1 << 30})
     with tempfile.TemporaryDirectory(prefix="seqlab-trial-") as tmp:
         work, done = Path(tmp), 0
         checkpoint = tune.get_checkpoint()
-        if checkpoint:  # a retry after a crash, or a paused trial resumed: carry on from the last epoch
+        if checkpoint:  # a retry after a crash, or a paused trial resumed: carry on from the last round
             with checkpoint.as_directory() as saved:
                 shutil.copyfile(Path(saved) / "last.pt", work / "last.pt")
-                done = json.loads((Path(saved) / "progress.json").read_text())["epochs"]
+                done = json.loads((Path(saved) / "progress.json").read_text())["rounds"]
 
-        def report(epoch) -> None:
-            if epoch.epoch <= done:  # replayed history of a resumed run: reported before the crash
+        def report(record) -> None:
+            if record.round <= done:  # replayed history of a resumed run: reported before the crash
                 return
-            saved = work / f"checkpoint-{epoch.epoch}"
+            saved = work / f"checkpoint-{record.round}"
             saved.mkdir()
             shutil.copyfile(work / "last.pt", saved / "last.pt")
-            (saved / "progress.json").write_text(json.dumps({"epochs": epoch.epoch}))
-            tune.report({"epoch": epoch.epoch, "valid_loss": epoch.valid_loss, "valid_ppl": epoch.valid_ppl,
-                         "train_loss": epoch.train_loss, "tokens_per_s": epoch.tokens_per_s, "lr": epoch.lr,
-                         "epoch_seconds": epoch.seconds}, checkpoint=tune.Checkpoint.from_directory(str(saved)))
+            (saved / "progress.json").write_text(json.dumps({"rounds": record.round}))
+            tune.report({"round": record.round, "tokens": record.tokens, "valid_loss": record.valid_loss,
+                         "valid_ppl": record.valid_ppl, "train_loss": record.train_loss, "tokens_per_s": record.tokens_per_s,
+                         "lr": record.lr, "round_seconds": record.seconds}, checkpoint=tune.Checkpoint.from_directory(str(saved)))
             shutil.rmtree(saved, ignore_errors=True)
             marker = data.get("crash_marker")
             if marker:
