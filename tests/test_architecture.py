@@ -14,7 +14,8 @@ SRC = REPO / "src"
 FLOORS = [
     ("ground", ["seqlab", "seqlab.errors", "seqlab.io", "seqlab.net", "seqlab.determinism", "seqlab.paths", "seqlab.plots"]),
     ("records", ["seqlab.tracking", "seqlab.registry"]),
-    ("data", ["seqlab.corpus", "seqlab.tokenize", "seqlab.vocab", "seqlab.validate", "seqlab.tune", "seqlab.tune.space"]),
+    ("data", ["seqlab.corpus", "seqlab.tokenize", "seqlab.vocab", "seqlab.validate", "seqlab.synthetic", "seqlab.tune",
+              "seqlab.tune.space"]),
     ("scoring", ["seqlab.scoring"]),
     ("models", ["seqlab.ngram", "seqlab.models", "seqlab.hybrid"]),
     ("params", ["seqlab.config"]),
