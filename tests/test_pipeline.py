@@ -139,7 +139,7 @@ def test_leaderboard_scores_every_model_on_the_same_tokens(project):
 def test_train_stage_outputs_metrics_and_learning_curve(project):
     assert (project / "models" / "neural" / "model.pt").stat().st_size > 1000
     history = pd.read_csv(project / "metrics" / "train_history.csv")
-    assert list(history["round"]) == [1, 2] and (history.valid_ppl > 1).all() and history.tokens.iloc[-1] == 12 * 2 * 8
+    assert list(history["round"]) == [1, 2] and (history.valid_ppl > 1).all() and history.steps.iloc[-1] == 12  # 200 tokens in steps of 2 x 8
     metrics = json.loads((project / "metrics" / "train.json").read_text())
     assert metrics["model"] == "lstm-dot" and metrics["valid_ppl"] == pytest.approx(history.valid_ppl.min(), rel=1e-5)  # the CSV keeps 6 digits
     assert (project / "plots" / "learning_curve.png").stat().st_size > 1000
