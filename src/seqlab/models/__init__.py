@@ -43,8 +43,8 @@ def matched_ff_dim(config: ModelConfig) -> int:
 
 def output_layer(spec: dict, vocab_size: int) -> tuple[dict, str | None]:
     """``model``'s output settings fitted to the vocabulary: adaptive-softmax cut-offs at or above its
-    size are dropped, and with none left (or a vocabulary no larger than the first cluster) the full
-    softmax is used. Returns the settings and a one-line note of what changed (None: nothing)."""
+    size are dropped, and with none left the full softmax is used. Returns the settings and a one-line
+    note of what changed (None: nothing)."""
     if spec["output"] != "adaptive" or spec["cutoffs"][-1] < vocab_size:
         return spec, None
     kept = [c for c in spec["cutoffs"] if c < vocab_size]
