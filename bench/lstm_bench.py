@@ -46,9 +46,11 @@ def settings(overrides: dict):
 
 
 def _speed_one(overrides: dict, queue) -> None:
+    from seqlab.determinism import fix_threads
     from seqlab.models import build, count_parameters
     from seqlab.training.loop import adam
 
+    fix_threads()  # as the trainer runs: fixed threads, denormals flushed
     torch.manual_seed(0)
     config, cfg, _, splits = settings(overrides)
     model = build(config)
