@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seqlab.errors import SeqLabError
-from seqlab.tune.space import parse_space, searchable
+from seqlab.tune.space import parse_space, rounds, searchable
 
 
 class _Section(BaseModel):
@@ -203,7 +203,7 @@ class TuneParams(_Section):
     @property
     def rounds(self) -> int:
         """ASHA's max_t: the most rounds a trial runs."""
-        return -(-self.tokens // self.eval_every)
+        return rounds(self.tokens, self.eval_every)
 
     @field_validator("optimization_config")
     @classmethod

@@ -93,11 +93,9 @@ def flush_denormals(threads: int) -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    if _gomp_parallel() is None:
-        return
-    function, _ = _gomp_parallel()
-    callback = _PARALLEL_BODY(lambda _: torch.set_flush_denormal(True) and None)
-    function(callback, None, threads, 0)
+    parallel = _gomp_parallel()
+    if parallel is not None:
+        parallel(_PARALLEL_BODY(lambda _: torch.set_flush_denormal(True) and None), None, threads, 0)
 
 
 _PARALLEL_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -105,7 +103,7 @@ _parallel: list | None = None
 
 
 def _gomp_parallel():
-    """(GOMP_parallel, its library) of torch's OpenMP runtime; None where it is not libgomp."""
+    """GOMP_parallel of torch's OpenMP runtime, found once; None where it is not libgomp."""
     global _parallel
     with _lock:
         if _parallel is None:
@@ -116,7 +114,7 @@ def _gomp_parallel():
                 except (OSError, AttributeError):
                     continue
                 function.argtypes, function.restype = [_PARALLEL_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint], None
-                _parallel = [(function, library)]
+                _parallel = [function]
                 break
         return _parallel[0]
 

@@ -191,7 +191,7 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
             searcher = BasicVariantGenerator(random_state=tune_params.seed)
         scheduler = ASHAScheduler(time_attr="round", max_t=space.rounds, grace_period=tune_params.grace_period,
                                   reduction_factor=tune_params.reduction_factor)
-        payload = {**data, "dimensions": space.dimensions, "params": params, "tokens": space.tokens,
+        payload = {**data, "dimensions": space.dimensions, "params": params, "tokens": space.tokens, "rounds": space.rounds,
                    "resources": resources, "crash_marker": os.environ.get(FAULT_ENV)}
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=payload), resources)
         total = tune_params.num_samples * space.rounds

@@ -37,6 +37,11 @@ NOT_SEARCHED = {"tokens", "eval_every", "patience", "device", "seed", "amp", "ev
 SPACE_FILE_KEYS = ("name", "tokens", "optimization_config")
 
 
+def rounds(tokens: int, eval_every: int) -> int:
+    """The rounds of ``eval_every`` tokens a budget of ``tokens`` holds (the last may be shorter)."""
+    return -(-tokens // eval_every)
+
+
 def searchable(sections: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     """Every searchable key and the dotted params keys it sets: the seed's names, then every key of
     ``sections`` (``{"model": names, "train": names}``) that a search may vary."""
@@ -140,14 +145,14 @@ def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: s
     tokens = raw["tokens"]
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < tune_params.eval_every:
         raise SeqLabError(f"{path}: tokens: expected a whole number of at least tune.eval_every {tune_params.eval_every} (got {tokens!r})")
-    rounds = -(-tokens // tune_params.eval_every)
-    if tune_params.grace_period > rounds:
-        raise SeqLabError(f"{params_path}: tune.grace_period: {tune_params.grace_period} exceeds the {rounds} rounds of {path}")
+    count = rounds(tokens, tune_params.eval_every)
+    if tune_params.grace_period > count:
+        raise SeqLabError(f"{params_path}: tune.grace_period: {tune_params.grace_period} exceeds the {count} rounds of {path}")
     try:
         dimensions = parse_space(raw["optimization_config"], known)
     except ValueError as err:
         raise SeqLabError(f"{path}: optimization_config: {err}") from None
-    return Space(raw["name"], tokens, rounds, dimensions, f"{path}: optimization_config")
+    return Space(raw["name"], tokens, count, dimensions, f"{path}: optimization_config")
 
 
 def overrides(config: Mapping[str, Any], dimensions: list[Dimension]) -> dict[str, Any]:

@@ -78,9 +78,8 @@ def run_trial(config: dict, data: dict) -> None:
     fix_threads(max(1, int(data["resources"]["cpu"])))
     params = trial_params(data["params"], config, data["dimensions"])
     model_config = config_from_params(params.model.model_dump(), data["vocab_size"])
-    rounds = -(-data["tokens"] // params.tune.eval_every)
     cfg = params.train.model_copy(update={"tokens": data["tokens"], "eval_every": params.tune.eval_every,
-                                          "patience": rounds,  # only ASHA stops a trial
+                                          "patience": data["rounds"],  # only ASHA stops a trial
                                           "device": "cuda" if data["resources"]["gpu"] else "cpu", "checkpoint_every": 1 << 30})
     with tempfile.TemporaryDirectory(prefix="seqlab-trial-") as tmp:
         work, done = Path(tmp), 0
