@@ -27,6 +27,19 @@ VALID_LINES = ["the cat ran .", "the dog sat on a mat ."]
 TEST_LINES = ["a dog sat on the mat .", "the cat and the log ."]
 
 
+# word -> its letters in capitals: a transduction every sequence-to-sequence test can learn
+PAIR_WORDS = {"train": ["cat", "dog", "mat", "log", "sat", "red", "the", "and", "on", "is", "ran", "a", "tan", "den"],
+              "valid": ["cog", "rat"], "test": ["dot", "sad", "tog"]}
+
+
+def write_pairs(folder: Path, words: dict[str, list[str]] = PAIR_WORDS) -> Path:
+    """``{split}.tsv`` of ``word<TAB>W O R D`` lines in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, chosen in words.items():
+        (folder / f"{split}.tsv").write_text("".join(f"{w}\t{' '.join(w.upper())}\n" for w in chosen), encoding="utf-8")
+    return folder
+
+
 def write_corpus(folder: Path, train=TRAIN_LINES, valid=VALID_LINES, test=TEST_LINES) -> Path:
     """``train/valid/test.txt``, one sequence per line, in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,6 +123,7 @@ def make_project(root: Path, **changes) -> Path:
     for name in ("pipelines", "src", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     write_corpus(root / "data" / "corpus")
+    write_pairs(root / "data" / "pairs")
     params = project_params()
     params["data"].update(source="directory", path="data/corpus")
     params["vocab"].update(min_freq=1)
@@ -118,6 +132,9 @@ def make_project(root: Path, **changes) -> Path:
     params["train"].update(batch_size=2, bptt=8, tokens=200, eval_every=100, eval_batch_size=2, checkpoint_every=3)
     params["tune"].update(tokens=200, eval_every=100, num_samples=2, reduction_factor=2, train_tokens=None,
                           optimization_config={"lr": {"min": 1.0e-3, "max": 1.0e-2}, "hidden_dim": {"values": [8, 16]}})
+    params["pairs"].update(source="directory", path="data/pairs", max_oov_rate=0.5)
+    params["seq2seq"].update(embed_dim=8, hidden_dim=8, heads=2)
+    params["seq2seq_train"].update(batch_size=4, tokens=120, eval_every=60, eval_batch_size=4, checkpoint_every=5)
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         params[section][key] = value

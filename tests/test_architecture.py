@@ -14,12 +14,12 @@ SRC = REPO / "src"
 FLOORS = [
     ("ground", ["seqlab", "seqlab.errors", "seqlab.io", "seqlab.net", "seqlab.determinism", "seqlab.paths", "seqlab.plots"]),
     ("records", ["seqlab.tracking", "seqlab.registry"]),
-    ("data", ["seqlab.corpus", "seqlab.tokenize", "seqlab.vocab", "seqlab.validate", "seqlab.synthetic", "seqlab.tune",
+    ("data", ["seqlab.corpus", "seqlab.pairs", "seqlab.tokenize", "seqlab.vocab", "seqlab.validate", "seqlab.synthetic", "seqlab.tune",
               "seqlab.tune.space"]),
-    ("scoring", ["seqlab.scoring"]),
+    ("scoring", ["seqlab.scoring", "seqlab.edit_rates"]),
     ("models", ["seqlab.ngram", "seqlab.models", "seqlab.hybrid"]),
     ("params", ["seqlab.config"]),
-    ("loading and training", ["seqlab.loading", "seqlab.training", "seqlab.tune.best"]),
+    ("loading and training", ["seqlab.loading", "seqlab.training", "seqlab.tune.best", "seqlab.transduce"]),
     ("search", ["seqlab.tune.cluster", "seqlab.tune.trial", "seqlab.tune.search", "seqlab.tune.plot"]),
     ("faces", ["seqlab.stage", "seqlab.generate", "seqlab.leaderboard", "seqlab.pyfunc_model", "seqlab.ui", "seqlab.cli"]),
 ]

@@ -154,10 +154,11 @@ class ModelParams(_Section):
         return self
 
 
-class TrainParams(_Section):
+class LoopParams(_Section):
+    """What the trainer loop (``seqlab.training.fit``) reads, for every task."""
+
     batch_size: int = Field(ge=1)
-    bptt: int = Field(ge=1)  # tokens per truncated-BPTT window
-    tokens: int = Field(ge=1)  # the budget: target tokens seen (steps = tokens / (batch_size * bptt))
+    tokens: int = Field(ge=1)  # the budget: target tokens seen
     eval_every: int = Field(ge=1)  # tokens per round: valid loss, best checkpoint, early stopping
     lr: float = Field(gt=0)
     schedule: Literal["cosine", "plateau"]  # cosine from lr to 0 over the budget | reduce on a plateau
@@ -170,6 +171,12 @@ class TrainParams(_Section):
     amp: bool  # bf16 autocast on CUDA
     eval_batch_size: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)  # steps between resume checkpoints
+
+
+class TrainParams(LoopParams):
+    """The language model's training: the loop's settings and the BPTT window."""
+
+    bptt: int = Field(ge=1)  # tokens per truncated-BPTT window (steps = tokens / (batch_size * bptt))
 
     @property
     def eval_window(self) -> int:
@@ -220,6 +227,58 @@ class TuneParams(_Section):
         return self
 
 
+class PairsParams(_Section):
+    """The sequence-to-sequence task's data."""
+
+    source: Literal["cmudict", "directory"]  # the embedded pronouncing dictionary | {split}.tsv or .src/.tgt files
+    path: str = Field(min_length=1)  # directory: where the split files are
+    source_chars: bool  # directory: the source side is read as characters (a word per line)
+    stress: Literal["keep", "strip"]  # cmudict: the vowels' stress digits
+    valid_fraction: float = Field(gt=0, lt=1)  # cmudict: shares of headwords for valid and test
+    test_fraction: float = Field(gt=0, lt=1)
+    seed: int
+    max_length: int = Field(ge=1)  # tokens on either side at most; longer pairs are refused
+    min_freq: int = Field(ge=1)  # rarer train symbols become <unk>
+    max_oov_rate: float = Field(ge=0, le=1)  # valid/test source OOV rate ceiling
+
+    @model_validator(mode="after")
+    def _check(self) -> "PairsParams":
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("valid_fraction + test_fraction must be below 1")
+        return self
+
+
+class Seq2SeqParams(_Section):
+    """The encoder-decoder (``seqlab.models.seq2seq``)."""
+
+    rnn: Literal["lstm", "gru"]
+    attention: Literal["none", "dot", "general", "additive", "multihead"]
+    heads: int = Field(ge=1)
+    bidirectional: bool
+    embed_dim: int = Field(ge=1)
+    hidden_dim: int = Field(ge=2)
+    encoder_layers: int = Field(ge=1)
+    decoder_layers: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Seq2SeqParams":
+        if self.bidirectional and self.hidden_dim % 2:
+            raise ValueError(f"a bidirectional encoder splits hidden_dim between its directions: it must be even (got {self.hidden_dim})")
+        if self.attention == "multihead" and self.hidden_dim % self.heads:
+            raise ValueError(f"heads must divide hidden_dim {self.hidden_dim} (got {self.heads})")
+        return self
+
+
+class Seq2SeqTrainParams(LoopParams):
+    """The encoder-decoder's training and decoding."""
+
+    teacher_forcing: float = Field(gt=0, le=1)  # 1: always the reference token; below: scheduled sampling
+    label_smoothing: float = Field(ge=0, lt=1)
+    beam: int = Field(ge=1)  # decoding: 1 is greedy
+    length_penalty: float = Field(ge=0)  # GNMT's alpha; 0 ranks by summed log-probability
+
+
 class HybridParams(_Section):
     ngram: str = Field(min_length=1)  # the estimator interpolated with the best neural model (its best order on valid)
 
@@ -245,6 +304,10 @@ class Params(_Section):
     tune: TuneParams
     baselines: dict[str, dict]  # name -> changes to the tuned model and train sections, e.g. {model: {attention: none}}
     hybrid: HybridParams
+    pairs: PairsParams
+    seq2seq: Seq2SeqParams
+    seq2seq_train: Seq2SeqTrainParams
+    seq2seq_baselines: dict[str, dict]  # name -> changes to the seq2seq section, e.g. {attention: none}
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
 
@@ -257,6 +320,13 @@ class Params(_Section):
                 raise ValueError(f"baselines.{name}: a name is lower-case letters, digits and _")
             try:
                 with_changes(self, dotted(changes, f"baselines.{name}"), f"baselines.{name}")
+            except SeqLabError as err:
+                raise ValueError(str(err)) from None
+        for name, changes in self.seq2seq_baselines.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"seq2seq_baselines.{name}: a name is lower-case letters, digits and _")
+            try:
+                seq2seq_with(self, name)
             except SeqLabError as err:
                 raise ValueError(str(err)) from None
         if self.hybrid.ngram not in self.ngram.estimators:
@@ -321,6 +391,24 @@ def with_changes(params: Params, changes: Mapping[str, object], source: str) -> 
     except ValidationError as err:
         raise SeqLabError(describe_validation_error(source, err)) from None
     return params.model_copy(update={"model": model, "train": train})
+
+
+def seq2seq_with(params: Params, baseline: str | None) -> Seq2SeqParams:
+    """The seq2seq section, with the changes of ``seq2seq_baselines[baseline]`` when given."""
+    if baseline is None:
+        return params.seq2seq
+    if baseline not in params.seq2seq_baselines:
+        raise SeqLabError(f"params.yaml: seq2seq_baselines.{baseline}: no such baseline "
+                          f"(have: {', '.join(params.seq2seq_baselines) or 'none'})")
+    source = f"params.yaml: seq2seq_baselines.{baseline}"
+    changes = params.seq2seq_baselines[baseline]
+    if not isinstance(changes, Mapping):
+        raise SeqLabError(f"{source}: expected a mapping of seq2seq keys to values")
+    sections = put({"seq2seq": params.seq2seq.model_dump()}, {f"seq2seq.{k}": v for k, v in changes.items()}, source, only=("seq2seq",))
+    try:
+        return Seq2SeqParams.model_validate(sections["seq2seq"])
+    except ValidationError as err:
+        raise SeqLabError(describe_validation_error(source, err)) from None
 
 
 def searchable_keys() -> dict[str, tuple[str, ...]]:

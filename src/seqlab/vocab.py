@@ -11,8 +11,9 @@ from typing import Iterable
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path, read_json, read_lines, sha256_text
 
-UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 SPECIALS = (UNK, BOS, EOS)
+PAIR_SPECIALS = (PAD, UNK, BOS, EOS)  # the sequence-to-sequence vocabularies pad their batches (ids as in models.seq2seq)
 
 
 @dataclass(frozen=True)
@@ -52,18 +53,19 @@ class Vocab:
         return oov, total
 
 
-def build_vocab(train: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+def build_vocab(train: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None,
+                specials: tuple[str, ...] = SPECIALS) -> Vocab:
     """Count train tokens; keep those seen ``min_freq`` times or more, at most ``max_size`` in all."""
     counts = Counter(token for line in train for token in line)
-    for special in SPECIALS:
+    for special in specials:
         counts.pop(special, None)
     kept = sorted((item for item in counts.items() if item[1] >= min_freq), key=lambda item: (-item[1], item[0]))
     if max_size is not None:
-        kept = kept[: max(0, max_size - len(SPECIALS))]
-    return Vocab(SPECIALS + tuple(t for t, _ in kept), (0,) * len(SPECIALS) + tuple(c for _, c in kept))
+        kept = kept[: max(0, max_size - len(specials))]
+    return Vocab(specials + tuple(t for t, _ in kept), (0,) * len(specials) + tuple(c for _, c in kept))
 
 
-def save_vocab(vocab: Vocab, directory: str | Path, **meta) -> None:
+def save_vocab(vocab: Vocab, directory: str | Path, specials: tuple[str, ...] = SPECIALS, **meta) -> None:
     """``vocab.tsv`` (token, train count; the row is the id) and ``vocab.json`` (size, hash, settings)."""
     import json
 
@@ -72,11 +74,11 @@ def save_vocab(vocab: Vocab, directory: str | Path, **meta) -> None:
         (tmp / "vocab.tsv").write_text(
             "".join(f"{t}\t{c}\n" for t, c in zip(vocab.tokens, vocab.counts)), encoding="utf-8"
         )
-        info = {"size": len(vocab), "sha256": vocab.sha256, "specials": list(SPECIALS), **meta}
+        info = {"size": len(vocab), "sha256": vocab.sha256, "specials": list(specials), **meta}
         (tmp / "vocab.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def load_vocab(directory: str | Path) -> Vocab:
+def load_vocab(directory: str | Path, specials: tuple[str, ...] = SPECIALS) -> Vocab:
     directory = Path(directory)
     path = directory / "vocab.tsv"
     tokens, counts = [], []
@@ -87,8 +89,8 @@ def load_vocab(directory: str | Path) -> Vocab:
         tokens.append(token)
         counts.append(int(count))
     vocab = Vocab(tuple(tokens), tuple(counts))
-    if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
-        raise SeqLabError(f"{path}: the first entries must be the specials {' '.join(SPECIALS)}")
+    if tuple(tokens[: len(specials)]) != specials:
+        raise SeqLabError(f"{path}: the first entries must be the specials {' '.join(specials)}")
     expected = read_json(directory / "vocab.json").get("sha256")
     if expected != vocab.sha256:
         raise SeqLabError(f"{path}: hash {vocab.sha256[:12]} does not match vocab.json ({str(expected)[:12]})")

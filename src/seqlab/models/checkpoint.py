@@ -19,6 +19,7 @@ from seqlab.io import atomic_path
 from seqlab.models import ModelConfig, build
 
 FORMAT = "seqlab-neural-lm/1"
+SEQ2SEQ_FORMAT = "seqlab-seq2seq/1"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, vocab_sha256: str, **extra) -> None:
@@ -28,7 +29,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, vocab_sha256: str, **ext
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location="cpu", format: str = FORMAT) -> dict:
     """The checkpoint's contents, or a SeqLabError if the file is missing, damaged or not ours."""
     path = Path(path)
     if not path.is_file():
@@ -40,8 +41,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         if not isinstance(err, (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)):
             reason = f"{type(err).__name__}: {reason}"
         raise SeqLabError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason[:200]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise SeqLabError(f"{path}: not a SeqLab neural model checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != format:
+        what = "sequence-to-sequence" if format == SEQ2SEQ_FORMAT else "neural language"
+        raise SeqLabError(f"{path}: not a SeqLab {what} model checkpoint")
     kinds = {"config": dict, "vocab_sha256": str, "state_dict": dict}
     damaged = [key for key, kind in kinds.items() if not isinstance(payload.get(key), kind)]
     if damaged:
@@ -59,6 +61,31 @@ def load_checkpoint(path: str | Path, vocab_sha256: str | None, device: str | to
         model = build(ModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])
     except Exception as err:  # TypeError, KeyError, RuntimeError, ...: a config or weights that do not fit
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SeqLabError(f"{path}: checkpoint does not match its architecture: {reason[:200]}") from None
+    return model.to(device).eval()
+
+
+def save_seq2seq(path: str | Path, model: nn.Module, vocab_sha256: str, **extra) -> None:
+    """An encoder-decoder; ``vocab_sha256`` identifies the pair of vocabularies it was trained with."""
+    payload = {"format": SEQ2SEQ_FORMAT, "config": model.config.as_dict(), "vocab_sha256": vocab_sha256,
+               "state_dict": model.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_seq2seq(path: str | Path, vocab_sha256: str | None, device: str | torch.device = "cpu") -> nn.Module:
+    """The encoder-decoder of a checkpoint in eval mode on ``device``; ``vocab_sha256`` (if given) must match."""
+    from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
+
+    payload = read_checkpoint(path, map_location=device, format=SEQ2SEQ_FORMAT)
+    if vocab_sha256 is not None and payload["vocab_sha256"] != vocab_sha256:
+        raise SeqLabError(f"{path}: trained with vocabularies {payload['vocab_sha256'][:12]}, "
+                          f"but the vocabularies given are {vocab_sha256[:12]}; retrain or pass the matching ones")
+    try:
+        model = EncoderDecoder(Seq2SeqConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except Exception as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SeqLabError(f"{path}: checkpoint does not match its architecture: {reason[:200]}") from None
     return model.to(device).eval()

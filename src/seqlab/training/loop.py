@@ -32,7 +32,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from seqlab.config import TrainParams
+from seqlab.config import LoopParams
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
 from seqlab.models.neural_lm import autocast
@@ -43,10 +43,10 @@ State = dict[str, torch.Tensor] | None  # what a task carries between batches (N
 class Task(Protocol):
     """The task-specific part of training; ``prepare`` is called once, before the first step."""
 
-    def prepare(self, cfg: TrainParams, device: torch.device) -> int:
+    def prepare(self, cfg: LoopParams, device: torch.device) -> int:
         """Put the training data on ``device``; returns the number of steps in a pass over it."""
 
-    def tokens_per_step(self, cfg: TrainParams) -> int:
+    def tokens_per_step(self, cfg: LoopParams) -> int:
         """The target tokens of a full batch: how the token budget becomes steps."""
 
     def start_pass(self, model: nn.Module, device: torch.device) -> State:
@@ -58,7 +58,7 @@ class Task(Protocol):
     def detach(self, state: State) -> State:
         """``state`` cut from the graph (before it is saved)."""
 
-    def valid_loss(self, model: nn.Module, cfg: TrainParams) -> float:
+    def valid_loss(self, model: nn.Module, cfg: LoopParams) -> float:
         """Mean negative log-likelihood per valid token: the evaluation's cross-entropy."""
 
     def save_best(self, path: Path, model: nn.Module, **extra: Any) -> None:
@@ -114,7 +114,7 @@ class Plan:
     rounds: int
 
     @classmethod
-    def of(cls, cfg: TrainParams, tokens_per_step: int) -> "Plan":
+    def of(cls, cfg: LoopParams, tokens_per_step: int) -> "Plan":
         total = max(1, round(cfg.tokens / tokens_per_step))
         per_round = min(total, max(1, round(cfg.eval_every / tokens_per_step)))
         rounds = min(-(-cfg.tokens // cfg.eval_every), -(-total // per_round))
@@ -135,7 +135,7 @@ def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def schedule(optimizer: torch.optim.Optimizer, cfg: TrainParams, plan: Plan):
+def schedule(optimizer: torch.optim.Optimizer, cfg: LoopParams, plan: Plan):
     """The learning-rate schedule: a cosine over the budget (stepped every step) or reduce-on-plateau
     (stepped with every round's valid loss)."""
     if cfg.schedule == "cosine":
@@ -146,7 +146,7 @@ def schedule(optimizer: torch.optim.Optimizer, cfg: TrainParams, plan: Plan):
 def fit(
     model: nn.Module,
     task: Task,
-    cfg: TrainParams,
+    cfg: LoopParams,
     workdir: str | Path,
     run_fingerprint: str,
     on_round: Callable[[Round], None] = lambda record: None,

@@ -1,0 +1,108 @@
+"""seq2seq: the encoder-decoder of params.yaml (seq2seq, seq2seq_train) trained on data/seq2seq ->
+models/seq2seq/attention/ (model.pt, scores.json, test_hypotheses.tsv), metrics/seq2seq/attention.json,
+attention_history.csv, plots/seq2seq/attention.png.
+
+`seq2seq.py --baseline NAME` trains that entry of seq2seq_baselines instead (the same settings with its
+changes) -> models/seq2seq/NAME/ and the same files under NAME.
+
+The valid and test pairs are scored teacher-forced (cross-entropy per target token, </s> included);
+then every distinct test source is decoded once (beam search, seq2seq_train.beam) and scored against
+all its references: token (phoneme) and sequence (word) error rates, by the closest reference.
+An interrupted run resumes from checkpoints/seq2seq/NAME on the next `dvc repro`.
+"""
+
+import argparse
+import shutil
+import time
+
+import pandas as pd
+import torch
+
+from seqlab import paths, stage
+from seqlab.config import seq2seq_with
+from seqlab.determinism import fix_threads
+from seqlab.errors import exit_on_error
+from seqlab.io import atomic_path, dvc_md5, sha256_text, write_json
+from seqlab.models.checkpoint import load_seq2seq
+from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig, count_parameters
+from seqlab.pairs import read_pairs
+from seqlab.training import fingerprint, fit
+from seqlab.training.curve import plot_learning_curve
+from seqlab.training.seq2seq import Seq2SeqTask
+from seqlab.transduce import encode_pairs, evaluate
+from seqlab.vocab import PAIR_SPECIALS, load_vocab
+
+
+@exit_on_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", help="an entry of params.yaml's seq2seq_baselines")
+    args = parser.parse_args()
+    params = stage.params()
+    arch, cfg = seq2seq_with(params, args.baseline), params.seq2seq_train
+    name = args.baseline or "attention"
+    folder, checkpoints = f"{paths.SEQ2SEQ}/{name}", f"checkpoints/seq2seq/{name}"
+    metrics_file, history_file, curve = f"metrics/seq2seq/{name}.json", f"metrics/seq2seq/{name}_history.csv", f"plots/seq2seq/{name}.png"
+    threads = fix_threads()
+    source_vocab, target_vocab = (load_vocab(f"{paths.PAIRS}/{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
+    vocab_sha256 = sha256_text(source_vocab.sha256 + target_vocab.sha256)
+    with stage.tracked(f"seq2seq {name}", params, "seq2seq", "seq2seq_train", outs=(folder, metrics_file, history_file, curve)) as run:
+        train, valid, test = (read_pairs(f"{paths.PAIRS}/{split}.tsv") for split in ("train", "valid", "test"))
+        config = Seq2SeqConfig(len(source_vocab), len(target_vocab), **arch.model_dump())
+        torch.manual_seed(cfg.seed)
+        model = EncoderDecoder(config)
+        parameters = count_parameters(model)
+        run.log_params({"model": f"seq2seq-{name}", "parameters": parameters, "torch_threads": threads,
+                        **({"baseline": args.baseline} if args.baseline else {})})
+        print(f"seq2seq {name}: {parameters:,} parameters, {len(train):,} train pairs ({arch.rnn}, attention {arch.attention})")
+        task = Seq2SeqTask(encode_pairs(train, source_vocab, target_vocab), encode_pairs(valid, source_vocab, target_vocab),
+                           vocab_sha256, cfg.label_smoothing, cfg.teacher_forcing)
+        log_round = lambda r: run.log_metrics(  # noqa: E731
+            {"train_loss": r.train_loss, "valid_loss": r.valid_loss, "round_valid_ppl": r.valid_ppl, "lr": r.lr,
+             "tokens_per_s": r.tokens_per_s, "tokens_seen": r.tokens}, step=r.round)
+        started = time.perf_counter()
+        result = fit(model, task, cfg, checkpoints,
+                     fingerprint(config.as_dict(), cfg.model_dump(), vocab_sha256, dvc_md5(paths.PAIRS)), log_round)
+        seconds = time.perf_counter() - started
+        best = load_seq2seq(f"{checkpoints}/best.pt", vocab_sha256)
+        stressed = params.pairs.source == "cmudict" and params.pairs.stress == "keep"
+        max_length = params.pairs.max_length
+        started = time.perf_counter()
+        scores = {split: evaluate(best, pairs, source_vocab, target_vocab, max_length, cfg.beam, cfg.length_penalty,
+                                  cfg.eval_batch_size, stressed, progress=True)
+                  for split, pairs in (("valid", valid), ("test", test))}
+        decode_seconds = time.perf_counter() - started
+        summary = {"model": f"seq2seq-{name}", "task": "seq2seq", "config": config.as_dict(), "train": cfg.model_dump(),
+                   "parameters": parameters, "best_round": result.best_round, "rounds_run": len(result.history),
+                   "tokens_seen": result.history[-1].tokens, "stopped_early": result.stopped_early, "vocab_sha256": vocab_sha256,
+                   "valid": scores["valid"].as_dict(), "test": scores["test"].as_dict(),
+                   "history": [{k: getattr(r, k) for k in ("round", "tokens", "train_loss", "valid_loss", "valid_ppl", "lr")}
+                               for r in result.history]}
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            shutil.copyfile(f"{checkpoints}/best.pt", tmp / "model.pt")
+            write_json(tmp / "scores.json", summary)
+            pd.DataFrame([{"source": " ".join(s), "hypothesis": " ".join(h), "score": score}
+                          for s, h, score in scores["test"].hypotheses]).to_csv(tmp / "test_hypotheses.tsv", sep="\t", index=False)
+        with atomic_path(history_file) as tmp:
+            pd.DataFrame([vars(r) for r in result.history]).to_csv(tmp, index=False, float_format="%.6g")
+        plot_learning_curve(result.history, curve, f"seq2seq-{name}")
+        test = scores["test"].as_dict()
+        metrics = {"model": f"seq2seq-{name}", "parameters": parameters, "best_round": result.best_round,
+                   "valid_ppl": scores["valid"].ppl, **{f"test_{k}": v for k, v in test.items()},
+                   "train_minutes": seconds / 60, "decode_words_per_s": (scores["valid"].rates.sources + scores["test"].rates.sources) / decode_seconds}
+        write_json(metrics_file, metrics)
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        for artifact in (f"{folder}/scores.json", f"{folder}/test_hypotheses.tsv", history_file, curve):
+            run.log_artifact(artifact)
+        run.log_artifact(f"{folder}/model.pt", "model")
+        run.tag_data_hashes("deps", [paths.PAIRS])
+        run.tag_data_hashes("outs", [folder, metrics_file, history_file, curve])
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    without = f", without stress PER {test['per_without_stress']:.2%} WER {test['wer_without_stress']:.2%}" if stressed else ""
+    print(f"seq2seq {name}: test PER {test['per']:.2%}, WER {test['wer']:.2%}{without}, ppl {test['ppl']:.3f} "
+          f"(best round {result.best_round} of {len(result.history)}), {seconds / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
