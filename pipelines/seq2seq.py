@@ -1,5 +1,5 @@
 """seq2seq: the encoder-decoder of params.yaml (seq2seq, seq2seq_train) trained on data/seq2seq ->
-models/seq2seq/attention/ (model.pt, scores.json, test_hypotheses.tsv), metrics/seq2seq/attention.json,
+models/seq2seq/attention/ (model.pt, source_vocab/, target_vocab/, scores.json, test_hypotheses.tsv), metrics/seq2seq/attention.json,
 attention_history.csv, plots/seq2seq/attention.png.
 
 `seq2seq.py --baseline NAME` trains that entry of seq2seq_baselines instead (the same settings with its
@@ -22,14 +22,14 @@ from seqlab import paths, stage
 from seqlab.config import seq2seq_with
 from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
-from seqlab.io import atomic_path, dvc_md5, sha256_text, write_json
+from seqlab.io import atomic_path, dvc_md5, write_json
 from seqlab.models.checkpoint import load_seq2seq
 from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig, count_parameters
 from seqlab.pairs import read_pairs
 from seqlab.training import fingerprint, fit
 from seqlab.training.curve import plot_learning_curve
 from seqlab.training.seq2seq import Seq2SeqTask
-from seqlab.transduce import encode_pairs, evaluate
+from seqlab.transduce import encode_pairs, evaluate, vocabularies_sha256
 from seqlab.vocab import PAIR_SPECIALS, load_vocab
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     metrics_file, history_file, curve = f"metrics/seq2seq/{name}.json", f"metrics/seq2seq/{name}_history.csv", f"plots/seq2seq/{name}.png"
     threads = fix_threads()
     source_vocab, target_vocab = (load_vocab(f"{paths.PAIRS}/{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
-    vocab_sha256 = sha256_text(source_vocab.sha256 + target_vocab.sha256)
+    vocab_sha256 = vocabularies_sha256(source_vocab, target_vocab)
     with stage.tracked(f"seq2seq {name}", params, "seq2seq", "seq2seq_train", outs=(folder, metrics_file, history_file, curve)) as run:
         train, valid, test = (read_pairs(f"{paths.PAIRS}/{split}.tsv") for split in ("train", "valid", "test"))
         config = Seq2SeqConfig(len(source_vocab), len(target_vocab), **arch.model_dump())
@@ -72,7 +72,9 @@ def main() -> None:
                                   cfg.eval_batch_size, stressed, progress=True)
                   for split, pairs in (("valid", valid), ("test", test))}
         decode_seconds = time.perf_counter() - started
-        summary = {"model": f"seq2seq-{name}", "task": "seq2seq", "config": config.as_dict(), "train": cfg.model_dump(),
+        reading = {"source_chars": params.pairs.source == "cmudict" or params.pairs.source_chars,
+                   "lowercase": params.pairs.source == "cmudict", "max_length": max_length}
+        summary = {"model": f"seq2seq-{name}", "task": "seq2seq", "reading": reading, "config": config.as_dict(), "train": cfg.model_dump(),
                    "parameters": parameters, "best_round": result.best_round, "rounds_run": len(result.history),
                    "tokens_seen": result.history[-1].tokens, "stopped_early": result.stopped_early, "vocab_sha256": vocab_sha256,
                    "valid": scores["valid"].as_dict(), "test": scores["test"].as_dict(),
@@ -81,6 +83,8 @@ def main() -> None:
         with atomic_path(folder) as tmp:
             tmp.mkdir()
             shutil.copyfile(f"{checkpoints}/best.pt", tmp / "model.pt")
+            for side in ("source", "target"):  # the folder is the whole model: weights, vocabularies, how to read a source
+                shutil.copytree(f"{paths.PAIRS}/{side}_vocab", tmp / f"{side}_vocab")
             write_json(tmp / "scores.json", summary)
             pd.DataFrame([{"source": " ".join(s), "hypothesis": " ".join(h), "score": score}
                           for s, h, score in scores["test"].hypotheses]).to_csv(tmp / "test_hypotheses.tsv", sep="\t", index=False)

@@ -227,6 +227,32 @@ def test_cutoffs_beyond_the_vocabulary_are_fitted_to_it_and_said_in_one_line(pro
     assert scores["config"]["output"] == "adaptive" and scores["config"]["cutoffs"] == [5]
 
 
+def test_the_seq2seq_task_trains_decodes_and_compares_attention_with_none(project):
+    metrics = json.loads((project / "metrics" / "pairs.json").read_text())
+    assert (metrics["train_sources"], metrics["valid_sources"], metrics["test_sources"]) == (14, 2, 3)
+    for name, attention in (("attention", "additive"), ("none", "none")):
+        folder = project / "models" / "seq2seq" / name
+        scores = json.loads((folder / "scores.json").read_text())
+        assert scores["config"]["attention"] == attention and scores["task"] == "seq2seq"
+        assert scores["test"]["sources"] == 3 and scores["test"]["target_tokens"] == 9 + 3  # </s> counted
+        assert 0.0 <= scores["test"]["wer"] <= 1.0 and math.isfinite(scores["test"]["ppl"])
+        hypotheses = pd.read_csv(folder / "test_hypotheses.tsv", sep="\t", keep_default_na=False)
+        assert sorted(hypotheses.source) == ["d o t", "s a d", "t o g"]
+        assert (project / "metrics" / "seq2seq" / f"{name}.json").exists() and (project / "plots" / "seq2seq" / f"{name}.png").exists()
+    board = pd.read_csv(project / "metrics" / "seq2seq" / "leaderboard.csv")
+    assert sorted(board.model) == ["seq2seq-attention", "seq2seq-none"] and list(board["rank"]) == [1, 2]
+    by_length = pd.read_csv(project / "metrics" / "seq2seq" / "wer_by_length.csv")
+    assert list(by_length.source_length) == [3] and list(by_length.sources) == [3]
+    assert (project / "plots" / "seq2seq" / "wer_by_length.png").stat().st_size > 0
+    out = sh(project, str(BIN / "seqlab"), "transduce", "dot", "TOG", "--beam", "3", "--nbest", "2", "--visualize", "alignment.png")
+    lines = [line.split("\t") for line in out.stdout.splitlines() if "\t" in line]
+    assert [line[:2] for line in lines] == [["dot", "1"], ["dot", "2"], ["TOG", "1"], ["TOG", "2"]]
+    assert float(lines[0][3]) >= float(lines[1][3])  # best first
+    assert (project / "alignment.png").stat().st_size > 0
+    refused = sh(project, str(BIN / "seqlab"), "transduce", "dot", "--model", "models/seq2seq/none", "--visualize", "a.png", check=False)
+    assert refused.returncode == 1 and refused.stderr.strip() == "error: models/seq2seq/none: this model has no attention to draw (seq2seq.attention: none)"
+
+
 def test_every_ngram_model_is_registered_and_predicts_next_tokens(project):
     import mlflow
 

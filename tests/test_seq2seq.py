@@ -158,7 +158,7 @@ def test_beam_search_scores_are_the_models_log_probabilities(changes):
             assert len(h.ids) <= 6
             again = make_batch([(batch["source"][b, : int(batch["lengths"][b])].tolist(), list(h.ids))])
             log_probs, _ = model(again["source"], again["lengths"], again["inputs"])
-            expected = float(log_probs[0].gather(-1, again["outputs"][0].unsqueeze(-1)).sum())
+            expected = float(log_probs[0].gather(-1, again["outputs"][0].unsqueeze(-1)).sum().detach())
             assert h.score == pytest.approx(expected, abs=1e-4)
 
 

@@ -58,3 +58,29 @@ def test_a_missing_column_is_reported_not_crashed(tmp_path):
         "train.stats: expect_column_values_to_be_between(column='n_control', min_value=0, max_value=0)"
         ' could not be evaluated: Error: The column "n_control" in BatchData does not exist.'
     ]
+
+
+def pair_tables(**overrides):
+    from seqlab.vocab import PAIR_SPECIALS
+
+    pairs = pd.DataFrame({"source_tokens": [3, 5], "target_tokens": [3, 4], "text": ["c a t K AE T", "h o u s e HH AW S"]})
+    vocab = pd.DataFrame({"token": [*PAIR_SPECIALS, "a"], "count": [0, 0, 0, 0, 3]})
+    frames = {"train.pairs": pairs, "valid.pairs": pairs, "test.pairs": pairs, "source.vocab": vocab, "target.vocab": vocab,
+              "oov": pd.DataFrame({"split": ["valid", "test"], "source_oov_rate": [0.0, 0.001], "target_oov_rate": [0.0, 0.0]})}
+    frames.update(overrides)
+    return frames
+
+
+def test_the_pairs_suite_passes_clean_pairs_and_names_what_breaks(tmp_path):
+    from seqlab.validate import pair_expectations
+
+    result, failures = run_suite(pair_tables(), pair_expectations(6, 0.01), tmp_path / "docs")
+    assert failures == [] and result["success"] is True
+    bad = pair_tables(**{"test.pairs": pd.DataFrame({"source_tokens": [3, 0], "target_tokens": [9, 2], "text": ["a b c X", "\x07 Y"]}),
+                         "oov": pd.DataFrame({"split": ["valid", "test"], "source_oov_rate": [0.0, 0.2], "target_oov_rate": [0.0, 0.0]})})
+    _, failures = run_suite(bad, pair_expectations(6, 0.01), tmp_path / "docs2")
+    named = sorted(f"{f.table}: {f.expectation} {f.kwargs.get('column', '')}" for f in failures)
+    assert named == ["oov: expect_column_values_to_be_between source_oov_rate",
+                     "test.pairs: expect_column_values_to_be_between source_tokens",
+                     "test.pairs: expect_column_values_to_be_between target_tokens",
+                     "test.pairs: expect_column_values_to_not_match_regex text"]

@@ -8,6 +8,9 @@
     seqlab generate --model PATH_OR_URI --prompt "To be or not to be" [--max-tokens 60]
             [--temperature 0.8] [--top-k 40] [--seed 1] [--visualize attention.png]
         sample a continuation from a neural model; optionally draw the attention weights as a heatmap
+    seqlab transduce WORD [WORD ...] [--model models/seq2seq/attention] [--beam 5] [--nbest 1] [--visualize alignment.png]
+        the target sequences of sources with a sequence-to-sequence model (phonemes of words, by default),
+        with their log-probabilities; optionally draw the first source's attention alignment
     seqlab ui [--port 5000] [--screenshot docs/mlflow-runs.png]
         the MLflow UI on 127.0.0.1 over the project's tracking store
 
@@ -77,6 +80,35 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"attention heatmap: {args.visualize}", file=sys.stderr)
 
 
+def _transduce(args: argparse.Namespace) -> None:
+    from seqlab.transduce import load_transducer, plot_alignment, transduce
+
+    if args.beam < 1 or not 1 <= args.nbest <= args.beam:
+        raise SeqLabError(f"--beam must be at least 1 and --nbest between 1 and --beam (got --beam {args.beam} --nbest {args.nbest})")
+    loaded = load_transducer(args.model)
+    if args.visualize and loaded.model.config.attention == "none":
+        raise SeqLabError(f"{args.model}: this model has no attention to draw (seq2seq.attention: none)")
+    sources = [loaded.read(text) for text in args.sources]
+    empty = next((text for text, source in zip(args.sources, sources) if not source), None)
+    if empty is not None:
+        raise SeqLabError(f"source {empty!r} is empty")
+    unknown = sorted({t for source in sources for t in source if t not in loaded.source_vocab})
+    found = transduce(loaded.model, sources, loaded.source_vocab, loaded.target_vocab, loaded.max_length, args.beam, args.nbest,
+                      weights=bool(args.visualize))
+    for text, hyps in zip(args.sources, found):
+        for rank, (tokens, hyp) in enumerate(hyps, start=1):
+            prefix = f"{text}\t" if args.nbest == 1 else f"{text}\t{rank}\t"
+            print(f"{prefix}{' '.join(tokens)}\t{hyp.score:.4f}")
+    if unknown:
+        import sys
+
+        print(f"note: {len(unknown)} source symbol(s) unseen in training, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
+    if args.visualize:
+        tokens, hyp = found[0][0]
+        plot_alignment(sources[0], tokens, hyp.weights, args.visualize)
+        print(f"attention alignment of {args.sources[0]!r}: {args.visualize}")
+
+
 def _ui(args: argparse.Namespace) -> None:
     import shutil
     import tempfile
@@ -144,6 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--visualize", type=Path, default=None, metavar="PNG", help="write a heatmap of the attention weights")
     gen.set_defaults(run=_generate)
+    trans = commands.add_parser("transduce", help="target sequences of sources with a sequence-to-sequence model (phonemes of words)")
+    trans.add_argument("sources", nargs="+", metavar="SOURCE", help="a source (a word, for grapheme-to-phoneme)")
+    trans.add_argument("--model", default=f"{paths.SEQ2SEQ}/attention", help="a model folder of the seq2seq stage, or its model.pt")
+    trans.add_argument("--beam", type=int, default=5, help="beam size (1: greedy)")
+    trans.add_argument("--nbest", type=int, default=1, help="hypotheses per source, best first")
+    trans.add_argument("--visualize", type=Path, default=None, metavar="PNG", help="write the first source's attention alignment")
+    trans.set_defaults(run=_transduce)
     show = commands.add_parser("ui", help="the MLflow UI over the project's runs, on 127.0.0.1")
     show.add_argument("--port", type=int, default=5000)
     show.add_argument("--screenshot", type=Path, default=None, metavar="PNG",

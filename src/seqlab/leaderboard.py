@@ -112,3 +112,65 @@ def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> 
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     save(fig, path)
+
+
+# --- the sequence-to-sequence task ------------------------------------------------------------------
+
+SEQ2SEQ_COLUMNS = ("per", "wer", "ppl", "xent_nats", "per_without_stress", "wer_without_stress")
+
+
+def seq2seq_leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per encoder-decoder (``{folder: summary}``), ranked by test WER; refuses models scored on
+    other test sources or with other vocabularies."""
+    first, reference = next(iter(summaries.items()))
+    rows = []
+    for folder, s in summaries.items():
+        if (s["test"]["sources"], s["test"]["target_tokens"], s["vocab_sha256"]) != \
+                (reference["test"]["sources"], reference["test"]["target_tokens"], reference["vocab_sha256"]):
+            raise SeqLabError(f"{first} and {folder} were scored on different test pairs or vocabularies; rerun `dvc repro`")
+        row = {"model": s["model"], "attention": s["config"]["attention"], "rnn": s["config"]["rnn"], "path": folder,
+               "parameters": s["parameters"], "valid_ppl": s["valid"]["ppl"], "valid_wer": s["valid"]["wer"]}
+        row |= {f"test_{k}": s["test"][k] for k in SEQ2SEQ_COLUMNS if k in s["test"]}
+        rows.append(row)
+    board = pd.DataFrame(rows).sort_values(["test_wer", "model"]).reset_index(drop=True)
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board
+
+
+def wer_by_length(hypotheses: dict[str, dict[tuple[str, ...], tuple[str, ...]]],
+                  references: dict[tuple[str, ...], list[tuple[str, ...]]], longest: int = 14) -> pd.DataFrame:
+    """Sequence error rate by source length (lengths above ``longest`` pooled), a column per model
+    (``{model: {source: best hypothesis}}``), with the number of sources of each length."""
+    from seqlab.edit_rates import closest
+
+    length = lambda source: min(len(source), longest + 1)  # noqa: E731
+    frame = pd.DataFrame({"source_length": sorted({length(s) for s in references})})
+    frame["sources"] = frame.source_length.map(pd.Series([length(s) for s in references]).value_counts())
+    for model, found in hypotheses.items():
+        wrong: dict[int, int] = {}
+        for source, refs in references.items():
+            wrong[length(source)] = wrong.get(length(source), 0) + (closest(found[source], refs)[0] > 0)
+        frame[model] = frame.source_length.map(wrong) / frame.sources
+    return frame
+
+
+def plot_wer_by_length(frame: pd.DataFrame, path: str | Path, longest: int = 14) -> None:
+    """WER against source length, a line per model, and how many test sources each length has."""
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = [c for c in frame.columns if c not in ("source_length", "sources")]
+    for i, model in enumerate(models):
+        ax.plot(frame.source_length, 100 * frame[model], marker="o", color=f"C{i}", label=model)
+    ax.set_xlabel(f"source length (tokens; {longest + 1} means {longest + 1} or more)")
+    ax.set_ylabel("word error rate (%)")
+    ax.set_title("Test WER by source length")
+    ax.grid(True, alpha=0.3)
+    counts = ax.twinx()
+    counts.bar(frame.source_length, frame.sources, color="grey", alpha=0.15)
+    counts.set_ylabel("test sources")
+    ax.set_zorder(counts.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    save(fig, path)

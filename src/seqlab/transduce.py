@@ -7,16 +7,56 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from seqlab.edit_rates import ErrorRates, error_rates
+from seqlab.errors import SeqLabError
+from seqlab.io import read_json, sha256_text
 from seqlab.models.decoding import Hypothesis, beam_search
 from seqlab.pairs import Pair, references, strip_stress
 from seqlab.training.seq2seq import batches, make_batch, mean_nll
-from seqlab.vocab import Vocab
+from seqlab.vocab import PAIR_SPECIALS, Vocab, load_vocab
+
+
+def vocabularies_sha256(source_vocab: Vocab, target_vocab: Vocab) -> str:
+    """Identifies the pair of vocabularies an encoder-decoder was trained with."""
+    return sha256_text(source_vocab.sha256 + target_vocab.sha256)
+
+
+@dataclass(frozen=True)
+class Transducer:
+    """A trained encoder-decoder with its vocabularies and how it reads a source."""
+
+    model: nn.Module
+    source_vocab: Vocab
+    target_vocab: Vocab
+    source_chars: bool  # a source is a word read as characters (else whitespace-separated tokens)
+    lowercase: bool
+    max_length: int
+
+    def read(self, text: str) -> tuple[str, ...]:
+        text = text.lower() if self.lowercase else text
+        return tuple(text.replace(" ", "")) if self.source_chars else tuple(text.split())
+
+
+def load_transducer(path: str | Path) -> Transducer:
+    """A model folder written by the seq2seq stage (``models/seq2seq/attention``), or its ``model.pt``."""
+    from seqlab.models.checkpoint import load_seq2seq
+
+    folder = Path(path)
+    folder = folder.parent if folder.suffix == ".pt" else folder
+    if not (folder / "model.pt").is_file():
+        raise SeqLabError(f"{path}: not a sequence-to-sequence model folder (no model.pt); the seq2seq stage writes models/seq2seq/<name>")
+    source_vocab, target_vocab = (load_vocab(folder / f"{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
+    model = load_seq2seq(folder / "model.pt", vocabularies_sha256(source_vocab, target_vocab))
+    reading = read_json(folder / "scores.json").get("reading")
+    if not isinstance(reading, dict):
+        raise SeqLabError(f"{folder / 'scores.json'}: no 'reading' entry (how the model reads a source); retrain with `dvc repro`")
+    return Transducer(model, source_vocab, target_vocab, bool(reading["source_chars"]), bool(reading["lowercase"]), int(reading["max_length"]))
 
 
 def encode_pairs(pairs: Sequence[Pair], source_vocab: Vocab, target_vocab: Vocab) -> list[tuple[list[int], list[int]]]:
@@ -82,3 +122,21 @@ def evaluate(model: nn.Module, pairs: Sequence[Pair], source_vocab: Vocab, targe
     plain = error_rates([strip_stress(h) for h in best], [[strip_stress(r) for r in rs] for rs in refs]) if stressed else None
     return Evaluation(xent, sum(len(t) + 1 for _, t in encoded), rates, plain,
                       [(s, h, hyps[0][1].score) for s, h, hyps in zip(sources, best, found)])
+
+
+def plot_alignment(source: Sequence[str], target: Sequence[str], weights: torch.Tensor, path: str | Path) -> None:
+    """The attention of each output step (rows: the target tokens and ``</s>``) over the source."""
+    from seqlab.plots import pyplot, save
+
+    plt = pyplot()
+    rows = [*target, "</s>"]
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * len(source) + 1.5), max(2.5, 0.4 * len(rows) + 1.2)))
+    image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source)), list(source))
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"{''.join(source) if all(len(s) == 1 for s in source) else ' '.join(source)} -> {' '.join(target)}", fontsize="small")
+    fig.tight_layout()
+    save(fig, path)

@@ -7,6 +7,14 @@ Tables checked (one expectation suite each):
 * ``vocab`` — one row per entry: entries are unique and non-empty, the specials are present, no entry
   holds a control character;
 * ``oov`` — one row per held-out split: the out-of-vocabulary rate is under the ceiling.
+
+The sequence-to-sequence task's pairs have their own suite (``pair_expectations``):
+
+* ``train.pairs`` / ``valid.pairs`` / ``test.pairs`` — one row per pair: the split is not empty,
+  neither side is empty or longer than the maximum length, no token holds a control character;
+* ``source.vocab`` / ``target.vocab`` — as ``vocab`` above, with ``<pad>`` among the specials;
+* ``oov`` — one row per held-out split and side: the out-of-vocabulary rate of the sources is under
+  the ceiling (the targets' is reported: an unseen target symbol can never be produced).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from seqlab.vocab import SPECIALS
+from seqlab.vocab import PAIR_SPECIALS, SPECIALS
 
 SUITE = "seqlab"
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
@@ -61,6 +69,31 @@ def expectations(min_tokens: int, max_tokens: int, max_oov_rate: float, splits=(
         E.ExpectColumnValuesToNotMatchRegex(column="token", regex=CONTROL_CHARACTERS),
     ]
     suite["oov"] = [E.ExpectColumnValuesToBeBetween(column="oov_rate", min_value=0, max_value=max_oov_rate)]
+    return suite
+
+
+def pair_expectations(max_length: int, max_oov_rate: float, splits=("train", "valid", "test")) -> dict:
+    """The pairs' suite, table by table."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = {
+        f"{split}.pairs": [
+            E.ExpectTableRowCountToBeBetween(min_value=1),
+            E.ExpectColumnValuesToBeBetween(column="source_tokens", min_value=1, max_value=max_length),
+            E.ExpectColumnValuesToBeBetween(column="target_tokens", min_value=1, max_value=max_length),
+            E.ExpectColumnValuesToNotMatchRegex(column="text", regex=CONTROL_CHARACTERS),
+        ]
+        for split in splits
+    }
+    for side in ("source", "target"):
+        suite[f"{side}.vocab"] = [
+            E.ExpectColumnValuesToBeUnique(column="token"),
+            E.ExpectColumnValueLengthsToBeBetween(column="token", min_value=1),
+            E.ExpectColumnDistinctValuesToContainSet(column="token", value_set=list(PAIR_SPECIALS)),
+            E.ExpectColumnValuesToNotMatchRegex(column="token", regex=CONTROL_CHARACTERS),
+        ]
+    suite["oov"] = [E.ExpectColumnValuesToBeBetween(column="source_oov_rate", min_value=0, max_value=max_oov_rate)]
     return suite
 
 
