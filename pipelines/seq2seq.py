@@ -26,6 +26,7 @@ from seqlab.io import atomic_path, dvc_md5, write_json
 from seqlab.models.checkpoint import load_seq2seq
 from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig, count_parameters
 from seqlab.pairs import read_pairs
+from seqlab.registry import registered_name, seq2seq_version_tags
 from seqlab.training import fingerprint, fit
 from seqlab.training.curve import plot_learning_curve
 from seqlab.training.seq2seq import Seq2SeqTask
@@ -91,21 +92,26 @@ def main() -> None:
         with atomic_path(history_file) as tmp:
             pd.DataFrame([vars(r) for r in result.history]).to_csv(tmp, index=False, float_format="%.6g")
         plot_learning_curve(result.history, curve, f"seq2seq-{name}")
-        test = scores["test"].as_dict()
+        result_test = scores["test"].as_dict()
         metrics = {"model": f"seq2seq-{name}", "parameters": parameters, "best_round": result.best_round,
-                   "valid_ppl": scores["valid"].ppl, **{f"test_{k}": v for k, v in test.items()},
+                   "valid_target_ppl": scores["valid"].ppl, "valid_wer": scores["valid"].rates.sequence_error_rate, **{f"test_{k}": v for k, v in result_test.items()},
                    "train_minutes": seconds / 60, "decode_words_per_s": (scores["valid"].rates.sources + scores["test"].rates.sources) / decode_seconds}
         write_json(metrics_file, metrics)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for artifact in (f"{folder}/scores.json", f"{folder}/test_hypotheses.tsv", history_file, curve):
             run.log_artifact(artifact)
-        run.log_artifact(f"{folder}/model.pt", "model")
+        registered = registered_name(f"seq2seq_{arch.attention}")
+        version = run.log_pyfunc_model(
+            {"model": f"{folder}/model.pt", "scores": f"{folder}/scores.json", "source_vocab": f"{folder}/source_vocab",
+             "target_vocab": f"{folder}/target_vocab"}, registered, pd.DataFrame({"source": [("" if reading["source_chars"] else " ").join(test[0].source)]}),
+            {"beam": cfg.beam, "nbest": 1}, seq2seq_version_tags(summary, folder, paths.PAIRS), code="pyfunc_transducer.py")
         run.tag_data_hashes("deps", [paths.PAIRS])
         run.tag_data_hashes("outs", [folder, metrics_file, history_file, curve])
     shutil.rmtree(checkpoints, ignore_errors=True)
-    without = f", without stress PER {test['per_without_stress']:.2%} WER {test['wer_without_stress']:.2%}" if stressed else ""
-    print(f"seq2seq {name}: test PER {test['per']:.2%}, WER {test['wer']:.2%}{without}, ppl {test['ppl']:.3f} "
-          f"(best round {result.best_round} of {len(result.history)}), {seconds / 60:.1f} min")
+    r = result_test
+    without = f", without stress PER {r['per_without_stress']:.2%} WER {r['wer_without_stress']:.2%}" if stressed else ""
+    print(f"seq2seq {name}: test PER {r['per']:.2%}, WER {r['wer']:.2%}{without}, target ppl {r['target_ppl']:.3f} "
+          f"(best round {result.best_round} of {len(result.history)}), {seconds / 60:.1f} min; registered as {registered} version {version}")
 
 
 if __name__ == "__main__":

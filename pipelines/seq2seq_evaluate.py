@@ -41,7 +41,7 @@ def main() -> None:
         for artifact in (BOARD, BY_LENGTH, PLOT):
             run.log_artifact(artifact)
         run.tag_data_hashes("deps", folders)
-        columns = [c for c in ("rank", "model", "test_per", "test_wer", "test_per_without_stress", "test_wer_without_stress", "test_ppl") if c in board]
+        columns = [c for c in ("rank", "model", "test_per", "test_wer", "test_per_without_stress", "test_wer_without_stress", "test_target_ppl") if c in board]
         print(board[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"seq2seq_evaluate: {len(board)} models on the same {len(refs):,} test sources; best on test WER: {best.model}")
 

@@ -47,7 +47,9 @@ def test_one_parent_run_with_a_child_per_stage(project):
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
     grid = [f"ngram {e}-{o}" for o in (1, 3) for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")]
     assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "tune", "train lstm-dot",
-                                                     "train lstm", "train transformer", "hybrid", "evaluate", "register"]
+                                                     "train lstm", "train transformer", "hybrid", "evaluate", "pairs",
+                                                     "pairs_validate", "seq2seq attention", "seq2seq none", "seq2seq_evaluate",
+                                                     "register"]
     trials = frame[frame["tags.mlflow.parentRunId"] == children.set_index("tags.mlflow.runName").loc["tune", "run_id"]]
     assert len(trials) == 2 and len(frame) == 1 + len(children) + len(trials)  # the trials are the search's children
     assert set(children["status"]) == {"FINISHED"}
@@ -235,7 +237,7 @@ def test_the_seq2seq_task_trains_decodes_and_compares_attention_with_none(projec
         scores = json.loads((folder / "scores.json").read_text())
         assert scores["config"]["attention"] == attention and scores["task"] == "seq2seq"
         assert scores["test"]["sources"] == 3 and scores["test"]["target_tokens"] == 9 + 3  # </s> counted
-        assert 0.0 <= scores["test"]["wer"] <= 1.0 and math.isfinite(scores["test"]["ppl"])
+        assert 0.0 <= scores["test"]["wer"] <= 1.0 and math.isfinite(scores["test"]["target_ppl"])
         hypotheses = pd.read_csv(folder / "test_hypotheses.tsv", sep="\t", keep_default_na=False)
         assert sorted(hypotheses.source) == ["d o t", "s a d", "t o g"]
         assert (project / "metrics" / "seq2seq" / f"{name}.json").exists() and (project / "plots" / "seq2seq" / f"{name}.png").exists()
@@ -251,6 +253,28 @@ def test_the_seq2seq_task_trains_decodes_and_compares_attention_with_none(projec
     assert (project / "alignment.png").stat().st_size > 0
     refused = sh(project, str(BIN / "seqlab"), "transduce", "dot", "--model", "models/seq2seq/none", "--visualize", "a.png", check=False)
     assert refused.returncode == 1 and refused.stderr.strip() == "error: models/seq2seq/none: this model has no attention to draw (seq2seq.attention: none)"
+
+
+def test_the_seq2seq_task_has_its_own_champion_gated_by_wer_and_served_as_a_pyfunc(project):
+    import mlflow
+
+    client = registry(project)
+    board = pd.read_csv(project / "metrics" / "seq2seq" / "leaderboard.csv")
+    name, version = champion_of(client, "seq2seq")
+    best = board.sort_values(["valid_wer", "model"]).iloc[0]
+    assert name == f"seqlab-seq2seq_{best.attention}"
+    tags = client.get_model_version(name, version).tags
+    assert tags["task"] == "seq2seq" and float(tags["test_wer"]) == pytest.approx(best.test_wer)
+    decision = json.loads((project / "metrics" / "seq2seq" / "register.json").read_text())
+    assert decision["outcome"] == "promoted" and decision["candidate"]["test_wer"] == pytest.approx(best.test_wer)
+    for family in ("seq2seq_additive", "seq2seq_none"):
+        assert len(client.search_model_versions(f"name = 'seqlab-{family}'")) == 1
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    answer = model.predict(pd.DataFrame({"source": ["dot", "sad"]}), params={"beam": 3, "nbest": 2})
+    assert list(answer.columns) == ["source_index", "rank", "hypothesis", "score"]
+    assert list(answer.source_index) == [0, 0, 1, 1] and list(answer["rank"]) == [1, 2, 1, 2]
+    cli = sh(project, str(BIN / "seqlab"), "transduce", "dot", "--beam", "3", "--model", best.path).stdout.split("\t")
+    assert answer.hypothesis.iloc[0] == cli[1] and answer.score.iloc[0] == pytest.approx(float(cli[2]), abs=1e-4)
 
 
 def test_every_ngram_model_is_registered_and_predicts_next_tokens(project):
@@ -325,8 +349,9 @@ def registry(project):
     return mlflow.MlflowClient()
 
 
-def champion_of(client):
-    holders = [(m.name, m.aliases["champion"]) for m in client.search_registered_models("name LIKE 'seqlab-%'") if "champion" in m.aliases]
+def champion_of(client, task="lm"):
+    holders = [(m.name, m.aliases["champion"]) for m in client.search_registered_models("name LIKE 'seqlab-%'") if "champion" in m.aliases
+               and client.get_model_version(m.name, m.aliases["champion"]).tags.get("task") == task]
     assert len(holders) == 1, holders
     return holders[0]
 
@@ -336,7 +361,7 @@ def test_every_family_is_registered_with_what_it_was_built_from(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     tokens_md5 = next(o["md5"] for o in lock["tokenize"]["outs"] if o["path"] == "data/tokens")
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
-    names = {m.name for m in client.search_registered_models("name LIKE 'seqlab-%'")}
+    names = {m.name for m in client.search_registered_models("name LIKE 'seqlab-%'")} - {"seqlab-seq2seq_additive", "seqlab-seq2seq_none"}
     assert names == {"seqlab-ngram", "seqlab-lstm_attention", "seqlab-lstm", "seqlab-transformer", "seqlab-hybrid"}
     fingerprint = json.loads((project / "models" / "hybrid" / "scores.json").read_text())["test"]["fingerprint"]
     for name in names:

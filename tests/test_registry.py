@@ -49,7 +49,20 @@ def test_another_test_set_or_vocabulary_cannot_be_compared(change):
 
 
 def test_a_version_without_a_test_perplexity_never_wins():
-    assert Version("seqlab-ngram", "1", {}).test_ppl == float("inf")
+    assert Version("seqlab-ngram", "1", {}).score == float("inf")
+
+
+def test_a_seq2seq_version_is_gated_by_test_wer_against_its_own_tasks_champion():
+    tags = {"task": "seq2seq", "test_fingerprint": "f", "vocab_sha256": "v"}
+    champion = Version("seqlab-seq2seq_additive", "1", {**tags, "test_wer": "0.31", "test_ppl": "1.2", "model_hash": "a"})
+    better = Version("seqlab-seq2seq_dot", "1", {**tags, "test_wer": "0.29", "test_ppl": "9.9", "model_hash": "b"})
+    worse = Version("seqlab-seq2seq_none", "1", {**tags, "test_wer": "0.55", "test_ppl": "1.0", "model_hash": "c"})
+    promoted = decide(better, champion)
+    assert promoted.outcome == "promoted" and promoted.reason.startswith("test WER 0.2900 beats")
+    assert decide(worse, champion).outcome == "challenger"  # a lower perplexity does not count: WER decides
+    assert promoted.as_dict()["candidate"]["test_wer"] == 0.29
+    with pytest.raises(SeqLabError, match="each task has a champion of its own"):
+        decide(better, version(ppl=1.0))
 
 
 def test_neural_families():

@@ -116,7 +116,7 @@ def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> 
 
 # --- the sequence-to-sequence task ------------------------------------------------------------------
 
-SEQ2SEQ_COLUMNS = ("per", "wer", "ppl", "xent_nats", "per_without_stress", "wer_without_stress")
+SEQ2SEQ_COLUMNS = ("per", "wer", "target_ppl", "target_xent_nats", "per_without_stress", "wer_without_stress")
 
 
 def seq2seq_leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
@@ -129,7 +129,7 @@ def seq2seq_leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
                 (reference["test"]["sources"], reference["test"]["target_tokens"], reference["vocab_sha256"]):
             raise SeqLabError(f"{first} and {folder} were scored on different test pairs or vocabularies; rerun `dvc repro`")
         row = {"model": s["model"], "attention": s["config"]["attention"], "rnn": s["config"]["rnn"], "path": folder,
-               "parameters": s["parameters"], "valid_ppl": s["valid"]["ppl"], "valid_wer": s["valid"]["wer"]}
+               "parameters": s["parameters"], "valid_target_ppl": s["valid"]["target_ppl"], "valid_wer": s["valid"]["wer"]}
         row |= {f"test_{k}": s["test"][k] for k in SEQ2SEQ_COLUMNS if k in s["test"]}
         rows.append(row)
     board = pd.DataFrame(rows).sort_values(["test_wer", "model"]).reset_index(drop=True)

@@ -6,11 +6,15 @@ Families: ``seqlab-ngram``, ``seqlab-lstm_attention``, ``seqlab-lstm`` (no atten
 hash of the token data, the vocabulary hash, the test-set fingerprint, its perplexities and the DVC
 hash of its model directory (which is how the ``register`` stage finds the version of a model file).
 
-Every version is tagged with its task (``task``: ``lm`` for a language model), and each task has its
-own ``champion``: one version across the families of that task, the best model so far. The gate
-compares a candidate only with the champion of its own task, and moves the alias only to a model with
-a strictly lower test perplexity on the same test tokens and vocabulary; a model that does not beat
-it gets ``challenger`` in its own family, and the reason.
+The encoder-decoders of the sequence-to-sequence task are ``seqlab-seq2seq_<attention>``
+(``seqlab-seq2seq_additive``, ``seqlab-seq2seq_none``, ...).
+
+Every version is tagged with its task (``task``: ``lm`` for a language model, ``seq2seq``), and each
+task has its own ``champion``: one version across the families of that task, the best model so far.
+The gate compares a candidate only with the champion of its own task, and moves the alias only to a
+model with a strictly lower test score on the same test data and vocabulary (perplexity for ``lm``,
+word error rate for ``seq2seq``); a model that does not beat it gets ``challenger`` in its own
+family, and the reason.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG = "seqlab.gate"
 TASK_TAG = "task"
 LANGUAGE_MODEL = "lm"  # the task of versions registered before versions carried one
+SEQ2SEQ = "seq2seq"
+GATE_METRIC = {LANGUAGE_MODEL: ("test_ppl", "test ppl"), SEQ2SEQ: ("test_wer", "test WER")}  # tag, words
 
 
 def registered_name(family: str) -> str:
@@ -63,6 +69,26 @@ def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path
     }
 
 
+def seq2seq_version_tags(summary: Mapping, model_dir: str | Path, data_dir: str | Path) -> dict[str, str]:
+    """What an encoder-decoder's version was built from and how it scored (``summary`` is its scores.json)."""
+    from seqlab.tracking import git_commit, project_root
+
+    test = summary["test"]
+    return {
+        "model": summary["model"],
+        TASK_TAG: SEQ2SEQ,
+        "git_commit": git_commit(project_root()) or "unknown",
+        "data_hash": dvc_md5(data_dir),
+        "vocab_sha256": summary["vocab_sha256"],
+        "test_fingerprint": f"{test['sources']}:{test['target_tokens']}:{dvc_md5(Path(data_dir) / 'test.tsv')}",
+        "test_sources": str(test["sources"]),
+        "valid_wer": repr(summary["valid"]["wer"]),
+        "test_wer": repr(test["wer"]),
+        "test_per": repr(test["per"]),
+        "model_hash": dvc_md5(model_dir),
+    }
+
+
 @dataclass(frozen=True)
 class Version:
     name: str
@@ -74,9 +100,15 @@ class Version:
         return f"{self.name} v{self.version} ({self.tags.get('model', '?')})"
 
     @property
-    def test_ppl(self) -> float:
+    def metric(self) -> tuple[str, str]:
+        """The tag the gate compares for this version's task, and its name in words."""
+        return GATE_METRIC.get(task_of(self.tags), GATE_METRIC[LANGUAGE_MODEL])
+
+    @property
+    def score(self) -> float:
+        """The test score the gate compares (lower is better; inf when missing)."""
         try:
-            return float(self.tags["test_ppl"])
+            return float(self.tags[self.metric[0]])
         except (KeyError, ValueError):
             return math.inf
 
@@ -89,7 +121,7 @@ class Decision:
     champion: Version | None  # before the gate
 
     def as_dict(self) -> dict:
-        side = lambda v: v and {"registered_model": v.name, "version": v.version, "model": v.tags.get("model"), "test_ppl": v.test_ppl}  # noqa: E731
+        side = lambda v: v and {"registered_model": v.name, "version": v.version, "model": v.tags.get("model"), v.metric[0]: v.score}  # noqa: E731
         return {"outcome": self.outcome, "reason": self.reason, "candidate": side(self.candidate), "champion_before": side(self.champion)}
 
 
@@ -111,11 +143,12 @@ def decide(candidate: Version, champion: Version | None, on_new_test_set: str = 
             return Decision("promoted", f"{why} (register.on_new_test_set: promote)", candidate, champion)
         return Decision("challenger", f"{why}, so they cannot be compared; set register.on_new_test_set: promote to replace it",
                         candidate, champion)
-    if candidate.test_ppl < champion.test_ppl:
-        return Decision("promoted", f"test ppl {candidate.test_ppl:.4f} beats the champion {champion.label} at {champion.test_ppl:.4f}",
+    words = candidate.metric[1]
+    if candidate.score < champion.score:
+        return Decision("promoted", f"{words} {candidate.score:.4f} beats the champion {champion.label} at {champion.score:.4f}",
                         candidate, champion)
-    return Decision("challenger", f"test ppl {candidate.test_ppl:.4f} does not beat the champion {champion.label} at "
-                    f"{champion.test_ppl:.4f}", candidate, champion)
+    return Decision("challenger", f"{words} {candidate.score:.4f} does not beat the champion {champion.label} at "
+                    f"{champion.score:.4f}", candidate, champion)
 
 
 def find_version(client, name: str, model_dir: str | Path) -> Version:

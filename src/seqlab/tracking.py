@@ -190,9 +190,11 @@ class StageRun:
             self._mlflow.log_input(dataset, context=context)
 
     def log_pyfunc_model(
-        self, artifacts: Mapping[str, str], registered_name: str, input_example, params: Mapping, tags: Mapping[str, str]
+        self, artifacts: Mapping[str, str], registered_name: str, input_example, params: Mapping, tags: Mapping[str, str],
+        code: str = "pyfunc_model.py",
     ) -> str:
-        """Log a pyfunc model from code (``seqlab/pyfunc_model.py``; nothing pickled) over ``artifacts``
+        """Log a pyfunc model from code (``seqlab/<code>``: ``pyfunc_model.py`` for a language model,
+        ``pyfunc_transducer.py`` for an encoder-decoder; nothing pickled) over ``artifacts``
         with the seqlab package beside it, register a new version of ``registered_name`` with ``tags``,
         and return the version number. torch is a requirement only where a ``.pt`` file is among the
         artifacts (a neural model, or a hybrid with a neural part)."""
@@ -210,7 +212,7 @@ class StageRun:
             signature = infer_signature(input_example, params=dict(params))
             info = log_model(
                 name="model",
-                python_model=str(Path(seqlab.__file__).parent / "pyfunc_model.py"),
+                python_model=str(Path(seqlab.__file__).parent / code),
                 artifacts=dict(artifacts),
                 code_paths=[str(Path(seqlab.__file__).parent)],
                 signature=signature,

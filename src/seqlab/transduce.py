@@ -99,7 +99,7 @@ class Evaluation:
         return math.exp(self.xent_nats)
 
     def as_dict(self) -> dict:
-        out = {"xent_nats": self.xent_nats, "ppl": self.ppl, "target_tokens": self.target_tokens, "sources": self.rates.sources,
+        out = {"target_xent_nats": self.xent_nats, "target_ppl": self.ppl, "target_tokens": self.target_tokens, "sources": self.rates.sources,
                "per": self.rates.token_error_rate, "wer": self.rates.sequence_error_rate}
         if self.rates_without_stress is not None:
             out |= {"per_without_stress": self.rates_without_stress.token_error_rate,
