@@ -23,7 +23,7 @@ from seqlab.config import seq2seq_with
 from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, write_json
-from seqlab.models.checkpoint import load_seq2seq
+from seqlab.models.checkpoint import SEQ2SEQ_FORMAT, load_checkpoint
 from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig, count_parameters
 from seqlab.pairs import read_pairs
 from seqlab.registry import registered_name, seq2seq_version_tags
@@ -65,7 +65,7 @@ def main() -> None:
         result = fit(model, task, cfg, checkpoints,
                      fingerprint(config.as_dict(), cfg.model_dump(), vocab_sha256, dvc_md5(paths.PAIRS)), log_round)
         seconds = time.perf_counter() - started
-        best = load_seq2seq(f"{checkpoints}/best.pt", vocab_sha256)
+        best = load_checkpoint(f"{checkpoints}/best.pt", vocab_sha256, format=SEQ2SEQ_FORMAT)
         stressed = params.pairs.source == "cmudict" and params.pairs.stress == "keep"
         max_length = params.pairs.max_length
         started = time.perf_counter()

@@ -21,7 +21,7 @@ FLOORS = [
     ("params", ["seqlab.config"]),
     ("loading and training", ["seqlab.loading", "seqlab.training", "seqlab.tune.best", "seqlab.transduce"]),
     ("search", ["seqlab.tune.cluster", "seqlab.tune.trial", "seqlab.tune.search", "seqlab.tune.plot"]),
-    ("faces", ["seqlab.stage", "seqlab.generate", "seqlab.leaderboard", "seqlab.pyfunc_model", "seqlab.ui", "seqlab.cli"]),
+    ("faces", ["seqlab.stage", "seqlab.generate", "seqlab.leaderboard", "seqlab.pyfunc_model", "seqlab.pyfunc_transducer", "seqlab.ui", "seqlab.cli"]),
 ]
 
 

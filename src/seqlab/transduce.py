@@ -45,14 +45,14 @@ class Transducer:
 
 def load_transducer(path: str | Path) -> Transducer:
     """A model folder written by the seq2seq stage (``models/seq2seq/attention``), or its ``model.pt``."""
-    from seqlab.models.checkpoint import load_seq2seq
+    from seqlab.models.checkpoint import SEQ2SEQ_FORMAT, load_checkpoint
 
     folder = Path(path)
     folder = folder.parent if folder.suffix == ".pt" else folder
     if not (folder / "model.pt").is_file():
         raise SeqLabError(f"{path}: not a sequence-to-sequence model folder (no model.pt); the seq2seq stage writes models/seq2seq/<name>")
     source_vocab, target_vocab = (load_vocab(folder / f"{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
-    model = load_seq2seq(folder / "model.pt", vocabularies_sha256(source_vocab, target_vocab))
+    model = load_checkpoint(folder / "model.pt", vocabularies_sha256(source_vocab, target_vocab), format=SEQ2SEQ_FORMAT)
     reading = read_json(folder / "scores.json").get("reading")
     if not isinstance(reading, dict):
         raise SeqLabError(f"{folder / 'scores.json'}: no 'reading' entry (how the model reads a source); retrain with `dvc repro`")

@@ -22,8 +22,10 @@ FORMAT = "seqlab-neural-lm/1"
 SEQ2SEQ_FORMAT = "seqlab-seq2seq/1"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, vocab_sha256: str, **extra) -> None:
-    payload = {"format": FORMAT, "config": model.config.as_dict(), "vocab_sha256": vocab_sha256,
+def save_checkpoint(path: str | Path, model: nn.Module, vocab_sha256: str, format: str = FORMAT, **extra) -> None:
+    """A language model (``FORMAT``) or an encoder-decoder (``SEQ2SEQ_FORMAT``, whose ``vocab_sha256``
+    identifies its pair of vocabularies) with its architecture."""
+    payload = {"format": format, "config": model.config.as_dict(), "vocab_sha256": vocab_sha256,
                "state_dict": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -51,41 +53,23 @@ def read_checkpoint(path: str | Path, map_location="cpu", format: str = FORMAT) 
     return payload
 
 
-def load_checkpoint(path: str | Path, vocab_sha256: str | None, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a checkpoint in eval mode on ``device``; ``vocab_sha256`` (if given) must match."""
-    payload = read_checkpoint(path, map_location=device)
+def load_checkpoint(path: str | Path, vocab_sha256: str | None, device: str | torch.device = "cpu",
+                    format: str = FORMAT) -> nn.Module:
+    """The model of a checkpoint in eval mode on ``device`` (a language model, or an encoder-decoder
+    with ``SEQ2SEQ_FORMAT``); ``vocab_sha256`` (if given) must match."""
+    payload = read_checkpoint(path, map_location=device, format=format)
     if vocab_sha256 is not None and payload["vocab_sha256"] != vocab_sha256:
         raise SeqLabError(f"{path}: trained with vocabulary {payload['vocab_sha256'][:12]}, "
                           f"but the vocabulary given is {vocab_sha256[:12]}; retrain or pass the matching --vocab")
     try:
-        model = build(ModelConfig.from_dict(payload["config"]))
+        if format == SEQ2SEQ_FORMAT:
+            from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
+
+            model = EncoderDecoder(Seq2SeqConfig.from_dict(payload["config"]))
+        else:
+            model = build(ModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])
     except Exception as err:  # TypeError, KeyError, RuntimeError, ...: a config or weights that do not fit
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SeqLabError(f"{path}: checkpoint does not match its architecture: {reason[:200]}") from None
-    return model.to(device).eval()
-
-
-def save_seq2seq(path: str | Path, model: nn.Module, vocab_sha256: str, **extra) -> None:
-    """An encoder-decoder; ``vocab_sha256`` identifies the pair of vocabularies it was trained with."""
-    payload = {"format": SEQ2SEQ_FORMAT, "config": model.config.as_dict(), "vocab_sha256": vocab_sha256,
-               "state_dict": model.state_dict(), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_seq2seq(path: str | Path, vocab_sha256: str | None, device: str | torch.device = "cpu") -> nn.Module:
-    """The encoder-decoder of a checkpoint in eval mode on ``device``; ``vocab_sha256`` (if given) must match."""
-    from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
-
-    payload = read_checkpoint(path, map_location=device, format=SEQ2SEQ_FORMAT)
-    if vocab_sha256 is not None and payload["vocab_sha256"] != vocab_sha256:
-        raise SeqLabError(f"{path}: trained with vocabularies {payload['vocab_sha256'][:12]}, "
-                          f"but the vocabularies given are {vocab_sha256[:12]}; retrain or pass the matching ones")
-    try:
-        model = EncoderDecoder(Seq2SeqConfig.from_dict(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
-    except Exception as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SeqLabError(f"{path}: checkpoint does not match its architecture: {reason[:200]}") from None
     return model.to(device).eval()

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqlab.config import LoopParams
-from seqlab.models.checkpoint import save_seq2seq
+from seqlab.models.checkpoint import SEQ2SEQ_FORMAT, save_checkpoint
 from seqlab.models.seq2seq import BOS, EOS, PAD
 from seqlab.training.loop import State
 
@@ -114,4 +114,4 @@ class Seq2SeqTask:
         return mean_nll(model, self.valid_batches)
 
     def save_best(self, path: Path, model: nn.Module, **extra) -> None:
-        save_seq2seq(path, model, self.vocab_sha256, **extra)
+        save_checkpoint(path, model, self.vocab_sha256, SEQ2SEQ_FORMAT, **extra)
