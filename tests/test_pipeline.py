@@ -506,6 +506,27 @@ def last_line(result) -> str:
 
 
 @pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda f: (f / "train.tsv").write_text("cat\tC A T\nhippopotamus\tH I P P O P O T A M U S\n"),
+         "error: data/pairs/train.tsv:2: the source has 12 tokens, more than params.yaml: pairs.max_length (10)"),
+        (lambda f: (f / "test.tsv").write_text("dot\tD O T\ncat\tC A T\n"),
+         "error: data/pairs/test.tsv:2: source 'c a t' of the test split is also in train (data/pairs/train.tsv:1)"),
+        (lambda f: ((f / "valid.tsv").unlink(), (f / "valid.src").write_text("cog\nrat\n"), (f / "valid.tgt").write_text("C O G\n")),
+         "error: data/pairs/valid.src: 2 lines but data/pairs/valid.tgt has 1"),
+        (lambda f: (f / "valid.tsv").write_text("cog C O G\n"), "error: data/pairs/valid.tsv: line 1: expected 'source<TAB>target' (no tab)"),
+    ],
+    ids=["too-long", "test-in-train", "line-counts", "no-tab"],
+)
+def test_bad_pairs_stop_the_pairs_stage_in_one_line(tmp_path, breakage, expected):
+    root = make_project(tmp_path, pairs__max_length=10)
+    breakage(root / "data" / "pairs")
+    result = run_stage(root, "pairs")
+    assert last_line(result).startswith(expected), last_line(result)
+    assert not (root / "data" / "seq2seq").exists() and not (root / "metrics" / "pairs.json").exists()
+
+
+@pytest.mark.parametrize(
     "setup, expected",
     [
         ({"data__path": "data/missing"}, "error: data/missing: corpus directory not found (corpus set by params.yaml: data.path)"),
