@@ -110,6 +110,20 @@ def test_error_rates_score_against_the_closest_reference():
     assert rates.token_error_rate == pytest.approx(1 / 7) and rates.sequence_error_rate == pytest.approx(1 / 3)
 
 
+def test_bleu_and_chrf_are_sacrebleus_against_the_closest_reference():
+    import sacrebleu
+
+    from seqlab.transduce import text_scores
+
+    hypotheses = [["the", "cat", "sat", "on", "it"], ["a", "dog", "ran", "to", "me"]]
+    references = [[["a", "cat", "sat", "on", "it"], ["the", "cat", "sat", "on", "it", "now"]], [["a", "dog", "ran", "to", "me"]]]
+    bleu, chrf = text_scores(hypotheses, references)
+    # one substitution from the first reference, one deletion from the second: the shorter wins
+    lines, chosen = ["the cat sat on it", "a dog ran to me"], [["a cat sat on it", "a dog ran to me"]]
+    assert bleu == sacrebleu.corpus_bleu(lines, chosen, tokenize="none").score
+    assert chrf == sacrebleu.corpus_chrf(lines, chosen).score and 0 < bleu < 100
+
+
 # --- the model and its decoding -----------------------------------------------------------------------
 
 def config(**changes) -> Seq2SeqConfig:

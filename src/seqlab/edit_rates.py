@@ -34,9 +34,17 @@ class ErrorRates:
         return self.sequence_errors / self.sources if self.sources else 0.0
 
 
+def nearest(hypothesis: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[int, Sequence[str]]:
+    """The reference nearest to ``hypothesis`` and its edits (ties: the shorter, then the first listed)."""
+    scored = [(editdistance.eval(list(hypothesis), list(ref)), len(ref), i) for i, ref in enumerate(references)]
+    edits, _, i = min(scored)
+    return edits, references[i]
+
+
 def closest(hypothesis: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[int, int]:
     """(edits, reference length) of the reference nearest to ``hypothesis``."""
-    return min((editdistance.eval(list(hypothesis), list(ref)), len(ref)) for ref in references)
+    edits, ref = nearest(hypothesis, references)
+    return edits, len(ref)
 
 
 def error_rates(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> ErrorRates:

@@ -116,7 +116,7 @@ def plot_learning_curves(histories: dict[str, list[dict]], path: str | Path) -> 
 
 # --- the sequence-to-sequence task ------------------------------------------------------------------
 
-SEQ2SEQ_COLUMNS = ("per", "wer", "target_ppl", "target_xent_nats", "per_without_stress", "wer_without_stress")
+SEQ2SEQ_COLUMNS = ("per", "wer", "target_ppl", "target_xent_nats", "bleu", "chrf", "per_without_stress", "wer_without_stress")
 
 
 def seq2seq_leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:

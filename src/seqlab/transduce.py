@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from seqlab.edit_rates import ErrorRates, error_rates
+from seqlab.edit_rates import ErrorRates, error_rates, nearest
 from seqlab.errors import SeqLabError
 from seqlab.io import read_json, sha256_text
 from seqlab.models.decoding import Hypothesis, beam_search
@@ -92,6 +92,8 @@ class Evaluation:
     target_tokens: int
     rates: ErrorRates  # as the targets are written
     rates_without_stress: ErrorRates | None  # phonemes with stress digits, scored without them too
+    bleu: float  # sacrebleu's corpus BLEU and chrF of the best hypotheses against each source's closest reference
+    chrf: float
     hypotheses: list[tuple[tuple[str, ...], tuple[str, ...], float]]  # source, best hypothesis, its score
 
     @property
@@ -100,7 +102,7 @@ class Evaluation:
 
     def as_dict(self) -> dict:
         out = {"target_xent_nats": self.xent_nats, "target_ppl": self.ppl, "target_tokens": self.target_tokens, "sources": self.rates.sources,
-               "per": self.rates.token_error_rate, "wer": self.rates.sequence_error_rate}
+               "per": self.rates.token_error_rate, "wer": self.rates.sequence_error_rate, "bleu": self.bleu, "chrf": self.chrf}
         if self.rates_without_stress is not None:
             out |= {"per_without_stress": self.rates_without_stress.token_error_rate,
                     "wer_without_stress": self.rates_without_stress.sequence_error_rate}
@@ -120,8 +122,20 @@ def evaluate(model: nn.Module, pairs: Sequence[Pair], source_vocab: Vocab, targe
     refs = [grouped[s] for s in sources]
     rates = error_rates(best, refs)
     plain = error_rates([strip_stress(h) for h in best], [[strip_stress(r) for r in rs] for rs in refs]) if stressed else None
-    return Evaluation(xent, sum(len(t) + 1 for _, t in encoded), rates, plain,
+    bleu, chrf = text_scores(best, refs)
+    return Evaluation(xent, sum(len(t) + 1 for _, t in encoded), rates, plain, bleu, chrf,
                       [(s, h, hyps[0][1].score) for s, h, hyps in zip(sources, best, found)])
+
+
+def text_scores(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> tuple[float, float]:
+    """Corpus BLEU (tokens as written: ``tokenize="none"``) and chrF from ``sacrebleu``, each hypothesis
+    against its source's closest reference (the one its error rate counts; sources differ in how many
+    references they have)."""
+    import sacrebleu
+
+    chosen = [nearest(h, refs)[1] for h, refs in zip(hypotheses, references)]
+    lines, targets = [" ".join(h) for h in hypotheses], [[" ".join(r) for r in chosen]]
+    return sacrebleu.corpus_bleu(lines, targets, tokenize="none").score, sacrebleu.corpus_chrf(lines, targets).score
 
 
 def plot_alignment(source: Sequence[str], target: Sequence[str], weights: torch.Tensor, path: str | Path) -> None:
