@@ -4,10 +4,10 @@ rates -> data/seq2seq_validation/ (result.json, Data Docs)."""
 import pandas as pd
 
 from seqlab import paths, stage
-from seqlab.errors import SeqLabError, exit_on_error
-from seqlab.io import atomic_path, read_json, read_lines, write_json
+from seqlab.errors import exit_on_error
+from seqlab.io import read_json, read_lines
 from seqlab.pairs import SPLITS
-from seqlab.validate import pair_expectations, run_suite
+from seqlab.validate import pair_expectations, validate_into
 
 PAIRS, METRICS, OUT = paths.PAIRS, "metrics/pairs.json", "data/seq2seq_validation"
 
@@ -35,20 +35,8 @@ def main() -> None:
     cfg = params.pairs
     with stage.tracked("pairs_validate", params, "pairs") as run:
         suite = pair_expectations(cfg.max_length, cfg.max_oov_rate)
-        with atomic_path(OUT) as tmp:
-            tmp.mkdir()
-            result, failures = run_suite(tables(), suite, tmp / "docs")
-            write_json(tmp / "result.json", result)
-        checked = sum(len(v) for v in suite.values())
-        run.log_metrics({"expectations": checked, "failed_expectations": len(failures)})
-        run.log_artifact(f"{OUT}/result.json")
-        run.tag_data_hashes("deps", [PAIRS, METRICS])
-        if failures:
-            raise SeqLabError(f"validation failed, {len(failures)} of {checked} expectations: {'; '.join(map(str, failures))} "
-                              f"(see {OUT}/docs/index.html)")
-        run.tag_data_hashes("outs", [f"{OUT}/result.json", f"{OUT}/docs"])
+        checked = validate_into(OUT, tables(), suite, run, [PAIRS, METRICS])
         print(f"pairs_validate: {checked} expectations passed -> {OUT}/docs/index.html")
-
 
 if __name__ == "__main__":
     main()

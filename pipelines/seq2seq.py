@@ -95,7 +95,7 @@ def main() -> None:
         result_test = scores["test"].as_dict()
         metrics = {"model": f"seq2seq-{name}", "parameters": parameters, "best_round": result.best_round,
                    "valid_target_ppl": scores["valid"].ppl, "valid_wer": scores["valid"].rates.sequence_error_rate, **{f"test_{k}": v for k, v in result_test.items()},
-                   "train_minutes": seconds / 60, "decode_words_per_s": (scores["valid"].rates.sources + scores["test"].rates.sources) / decode_seconds}
+                   "train_minutes": seconds / 60, "evaluate_sources_per_s": (scores["valid"].rates.sources + scores["test"].rates.sources) / decode_seconds}
         write_json(metrics_file, metrics)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for artifact in (f"{folder}/scores.json", f"{folder}/test_hypotheses.tsv", history_file, curve):

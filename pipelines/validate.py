@@ -4,9 +4,9 @@ import pandas as pd
 
 from seqlab import paths, stage
 from seqlab.corpus import SPLITS
-from seqlab.errors import SeqLabError, exit_on_error
-from seqlab.io import atomic_path, read_json, read_lines, write_json
-from seqlab.validate import expectations, run_suite
+from seqlab.errors import exit_on_error
+from seqlab.io import read_json, read_lines
+from seqlab.validate import expectations, validate_into
 
 TOKENS, VOCAB, VOCAB_METRICS, OUT = paths.TOKENS, paths.VOCAB, "metrics/vocab.json", paths.VALIDATION
 
@@ -26,23 +26,8 @@ def main() -> None:
     cfg = params.validate_
     with stage.tracked("validate", params, "validate") as run:
         suite = expectations(cfg.min_tokens, cfg.max_tokens, cfg.max_oov_rate)
-        with atomic_path(OUT) as tmp:
-            tmp.mkdir()
-            result, failures = run_suite(tables(), suite, tmp / "docs")
-            write_json(tmp / "result.json", result)
-        checked = sum(len(v) for v in suite.values())
-        run.log_metrics({"expectations": checked, "failed_expectations": len(failures)})
-        run.log_artifact(f"{OUT}/result.json")
-        run.log_artifact(f"{OUT}/docs", "data_docs")
-        run.tag_data_hashes("deps", [TOKENS, VOCAB, VOCAB_METRICS])
-        if failures:
-            listed = "; ".join(map(str, failures))
-            raise SeqLabError(
-                f"validation failed, {len(failures)} of {checked} expectations: {listed} (see {OUT}/docs/index.html)"
-            )
-        run.tag_data_hashes("outs", [f"{OUT}/result.json", f"{OUT}/docs"])
+        checked = validate_into(OUT, tables(), suite, run, [TOKENS, VOCAB, VOCAB_METRICS])
         print(f"validate: {checked} expectations passed -> {OUT}/docs/index.html")
-
 
 if __name__ == "__main__":
     main()

@@ -62,14 +62,22 @@ def expectations(min_tokens: int, max_tokens: int, max_oov_rate: float, splits=(
         ]
         for split in splits
     }
-    suite["vocab"] = [
-        E.ExpectColumnValuesToBeUnique(column="token"),
-        E.ExpectColumnValueLengthsToBeBetween(column="token", min_value=1),
-        E.ExpectColumnDistinctValuesToContainSet(column="token", value_set=list(SPECIALS)),
-        E.ExpectColumnValuesToNotMatchRegex(column="token", regex=CONTROL_CHARACTERS),
-    ]
+    suite["vocab"] = vocab_expectations(SPECIALS)
     suite["oov"] = [E.ExpectColumnValuesToBeBetween(column="oov_rate", min_value=0, max_value=max_oov_rate)]
     return suite
+
+
+def vocab_expectations(specials: tuple[str, ...]) -> list:
+    """A vocabulary table (one row per entry): unique, non-empty entries with the specials, no control characters."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    return [
+        E.ExpectColumnValuesToBeUnique(column="token"),
+        E.ExpectColumnValueLengthsToBeBetween(column="token", min_value=1),
+        E.ExpectColumnDistinctValuesToContainSet(column="token", value_set=list(specials)),
+        E.ExpectColumnValuesToNotMatchRegex(column="token", regex=CONTROL_CHARACTERS),
+    ]
 
 
 def pair_expectations(max_length: int, max_oov_rate: float, splits=("train", "valid", "test")) -> dict:
@@ -87,12 +95,7 @@ def pair_expectations(max_length: int, max_oov_rate: float, splits=("train", "va
         for split in splits
     }
     for side in ("source", "target"):
-        suite[f"{side}.vocab"] = [
-            E.ExpectColumnValuesToBeUnique(column="token"),
-            E.ExpectColumnValueLengthsToBeBetween(column="token", min_value=1),
-            E.ExpectColumnDistinctValuesToContainSet(column="token", value_set=list(PAIR_SPECIALS)),
-            E.ExpectColumnValuesToNotMatchRegex(column="token", regex=CONTROL_CHARACTERS),
-        ]
+        suite[f"{side}.vocab"] = vocab_expectations(PAIR_SPECIALS)
     suite["oov"] = [E.ExpectColumnValuesToBeBetween(column="source_oov_rate", min_value=0, max_value=max_oov_rate)]
     return suite
 
@@ -169,3 +172,26 @@ def _failure(table: str, entry: dict, raw, rows: int) -> Failure:
     else:
         detail = f"failed (observed {result.get('observed_value')!r})"
     return Failure(table, entry["expectation_type"], kwargs, detail)
+
+
+def validate_into(out: str | Path, tables: dict[str, pd.DataFrame], suite: dict, run, deps: list[str]) -> int:
+    """What both validation stages do: run ``suite`` over ``tables`` into ``out`` (``result.json`` and
+    Data Docs), log it to the stage's ``run``, and raise one SeqLabError naming every failed
+    expectation (the result and the docs stay, to look at). Returns the number of expectations."""
+    from seqlab.errors import SeqLabError
+    from seqlab.io import atomic_path, write_json
+
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        result, failures = run_suite(tables, suite, tmp / "docs")
+        write_json(tmp / "result.json", result)
+    checked = sum(len(v) for v in suite.values())
+    run.log_metrics({"expectations": checked, "failed_expectations": len(failures)})
+    run.log_artifact(f"{out}/result.json")
+    run.log_artifact(f"{out}/docs", "data_docs")
+    run.tag_data_hashes("deps", deps)
+    if failures:
+        raise SeqLabError(f"validation failed, {len(failures)} of {checked} expectations: {'; '.join(map(str, failures))} "
+                          f"(see {out}/docs/index.html)")
+    run.tag_data_hashes("outs", [f"{out}/result.json", f"{out}/docs"])
+    return checked
