@@ -44,7 +44,7 @@ def read_checkpoint(path: str | Path, map_location="cpu", format: str = FORMAT) 
             reason = f"{type(err).__name__}: {reason}"
         raise SeqLabError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != format:
-        what = "sequence-to-sequence" if format == SEQ2SEQ_FORMAT else "neural language"
+        what = "sequence-to-sequence" if format == SEQ2SEQ_FORMAT else "neural"
         raise SeqLabError(f"{path}: not a SeqLab {what} model checkpoint")
     kinds = {"config": dict, "vocab_sha256": str, "state_dict": dict}
     damaged = [key for key, kind in kinds.items() if not isinstance(payload.get(key), kind)]
