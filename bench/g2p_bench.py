@@ -69,7 +69,7 @@ def sequitur(order: int, limit: int | None) -> None:
         lexicon(read_pairs(DATA / "valid.tsv"), tmp / "valid.lex")
         (tmp / "test.words").write_text("".join(f"{''.join(word)}\n" for word in test), encoding="utf-8")
         print(f"Sequitur G2P, {len(test):,} test words; {'first ' + str(limit) if limit else 'all'} train words")
-        print(f"{'order':>5} {'train s':>8} {'apply s':>8} {'PER':>7} {'WER':>7}")
+        print(f"{'order':>5} {'train s':>8} {'apply s':>8} {'PER':>7} {'WER':>7} {'no answer':>10}")
         model = None
         for n in range(1, order + 1):
             started = time.perf_counter()
@@ -87,8 +87,10 @@ def sequitur(order: int, limit: int | None) -> None:
             for line in out.splitlines():
                 word, _, phones = line.partition("\t")
                 found[tuple(word)] = tuple(phones.split())
-            rates = error_rates([found.get(word, ()) for word in test], list(test.values()))
-            print(f"{n:>5} {trained:>8.0f} {applied:>8.1f} {rates.token_error_rate:>7.2%} {rates.sequence_error_rate:>7.2%}", flush=True)
+            rates = error_rates([found.get(word, ()) for word in test], list(test.values()))  # no answer: scored as empty
+            missing = sum(word not in found for word in test)
+            print(f"{n:>5} {trained:>8.0f} {applied:>8.1f} {rates.token_error_rate:>7.2%} {rates.sequence_error_rate:>7.2%} {missing:>10,}",
+                  flush=True)
     for scores in sorted((ROOT / "models" / "seq2seq").glob("*/scores.json")):
         s = json.loads(scores.read_text())
         print(f"{s['model']:>24}: PER {s['test']['per']:.2%}  WER {s['test']['wer']:.2%}")
