@@ -13,7 +13,9 @@ pipeline's convention: each test word decoded once, scored against its closest p
 PyPI's newest wheel (1.0.1668.30) crashes in training with ``'SwigPyObject' object has no attribute
 'thisown'`` under current SWIG runtimes; upstream fixed it by no longer setting ``thisown``
 (sequitur-g2p PR #111, not released). The bench runs ``g2p.py`` with a copy of ``sequitur.py`` with
-those assignments removed, first on its path; the installed package is not modified.
+those assignments removed, first on its path; the installed package is not modified. Without
+``thisown`` the wrapped objects are never freed (upstream's PR #112 fixes that in the compiled
+extension): on the whole dictionary order-1 training grew past 23 GB, so use ``--limit`` here.
 """
 
 from __future__ import annotations
