@@ -24,7 +24,8 @@ from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, write_json
 from seqlab.models.checkpoint import SEQ2SEQ_FORMAT, load_checkpoint
-from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig, count_parameters
+from seqlab.models import count_parameters
+from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
 from seqlab.pairs import read_pairs
 from seqlab.registry import registered_name, seq2seq_version_tags
 from seqlab.training import fingerprint, fit

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqlab.errors import SeqLabError
-from seqlab.io import read_lines
+from seqlab.io import read_lines, write_text
 
 SPLITS = ("train", "valid", "test")
 _ENTRY = re.compile(r"^(?P<word>[^\s#]+?)(?:\((?P<variant>\d+)\))?\s+(?P<phones>[^#]*?)\s*(?:#.*)?$")
@@ -168,8 +168,6 @@ def load_pair_files(path: str | Path, source_chars: bool) -> Pairs:
 
 def write_pairs(pairs: list[Pair], path: str | Path) -> None:
     """``source<TAB>target`` per line, tokens joined by single spaces."""
-    from seqlab.io import write_text
-
     write_text(path, "".join(f"{' '.join(p.source)}\t{' '.join(p.target)}\n" for p in pairs))
 
 

@@ -135,10 +135,6 @@ class EncoderDecoder(nn.Module):
         return log_probs[:, 0], state, None if weights is None else weights[:, 0]
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
     """GNMT's ((5 + length) / 6) ** alpha; alpha 0 ranks by the summed log-probability."""
     return ((5.0 + length.float()) / 6.0) ** alpha

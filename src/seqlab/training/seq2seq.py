@@ -93,7 +93,6 @@ class Seq2SeqTask:
     def prepare(self, cfg: LoopParams, device: torch.device) -> int:
         self.batches = batches(self.train, cfg.batch_size, device)
         self.valid_batches = batches(self.valid, cfg.eval_batch_size, device)
-        self.device = device
         self.target_tokens = sum(len(t) + 1 for _, t in self.train)
         return len(self.batches)
 
