@@ -1,9 +1,10 @@
-"""seq2seq: the encoder-decoder of params.yaml (seq2seq, seq2seq_train) trained on data/seq2seq ->
+"""seq2seq: the encoder-decoder of params.yaml (seq2seq, seq2seq_train, with the search's best
+configuration from models/seq2seq_tune/best_config.json put in) trained on data/seq2seq ->
 models/seq2seq/attention/ (model.pt, source_vocab/, target_vocab/, scores.json, test_hypotheses.tsv), metrics/seq2seq/attention.json,
 attention_history.csv, plots/seq2seq/attention.png.
 
 `seq2seq.py --baseline NAME` trains that entry of seq2seq_baselines instead (the same settings with its
-changes) -> models/seq2seq/NAME/ and the same files under NAME.
+changes to the tuned configuration) -> models/seq2seq/NAME/ and the same files under NAME.
 
 The valid and test pairs are scored teacher-forced (cross-entropy per target token, </s> included);
 then every distinct test source is decoded once (beam search, seq2seq_train.beam) and scored against
@@ -24,13 +25,13 @@ from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, write_json
 from seqlab.models.checkpoint import SEQ2SEQ_FORMAT, load_checkpoint
-from seqlab.models import count_parameters
-from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
+from seqlab.models import Seq2SeqConfig, build_seq2seq, count_parameters
 from seqlab.pairs import read_pairs
 from seqlab.registry import registered_name, seq2seq_version_tags
 from seqlab.training import fingerprint, fit
 from seqlab.training.curve import plot_learning_curve
 from seqlab.training.seq2seq import Seq2SeqTask
+from seqlab.tune.best import tuned
 from seqlab.transduce import encode_pairs, evaluate, vocabularies_sha256
 from seqlab.vocab import PAIR_SPECIALS, load_vocab
 
@@ -40,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", help="an entry of params.yaml's seq2seq_baselines")
     args = parser.parse_args()
-    params = stage.params()
+    params, changes = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
     arch, cfg = seq2seq_with(params, args.baseline), params.seq2seq_train
     name = args.baseline or "attention"
     folder, checkpoints = f"{paths.SEQ2SEQ}/{name}", f"checkpoints/seq2seq/{name}"
@@ -52,11 +53,16 @@ def main() -> None:
         train, valid, test = (read_pairs(f"{paths.PAIRS}/{split}.tsv") for split in ("train", "valid", "test"))
         config = Seq2SeqConfig(len(source_vocab), len(target_vocab), **arch.model_dump())
         torch.manual_seed(cfg.seed)
-        model = EncoderDecoder(config)
+        model = build_seq2seq(config)
         parameters = count_parameters(model)
         run.log_params({"model": f"seq2seq-{name}", "parameters": parameters, "torch_threads": threads,
                         **({"baseline": args.baseline} if args.baseline else {})})
-        print(f"seq2seq {name}: {parameters:,} parameters, {len(train):,} train pairs ({arch.rnn}, attention {arch.attention})")
+        described = ", ".join(f"{k}={v}" for k, v in changes.items())
+        if changes:
+            run.set_tag("seqlab.tuned", described)
+        described_arch = "transformer" if arch.kind == "transformer" else f"{arch.rnn}, attention {arch.attention}"
+        print(f"seq2seq {name}: {parameters:,} parameters, {len(train):,} train pairs ({described_arch})"
+              + (f"; tuned: {described}" if changes else ""))
         task = Seq2SeqTask(encode_pairs(train, source_vocab, target_vocab), encode_pairs(valid, source_vocab, target_vocab),
                            vocab_sha256, cfg.label_smoothing, cfg.teacher_forcing)
         log_round = lambda r: run.log_metrics(  # noqa: E731
@@ -77,7 +83,7 @@ def main() -> None:
         reading = {"source_chars": params.pairs.source == "cmudict" or params.pairs.source_chars,
                    "lowercase": params.pairs.source == "cmudict", "max_length": max_length}
         summary = {"model": f"seq2seq-{name}", "task": "seq2seq", "reading": reading, "config": config.as_dict(), "train": cfg.model_dump(),
-                   "parameters": parameters, "best_round": result.best_round, "rounds_run": len(result.history),
+                   "tuned": changes, "parameters": parameters, "best_round": result.best_round, "rounds_run": len(result.history),
                    "tokens_seen": result.history[-1].tokens, "stopped_early": result.stopped_early, "vocab_sha256": vocab_sha256,
                    "valid": scores["valid"].as_dict(), "test": scores["test"].as_dict(),
                    "history": [{k: getattr(r, k) for k in ("round", "tokens", "train_loss", "valid_loss", "valid_ppl", "lr")}
@@ -101,7 +107,7 @@ def main() -> None:
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for artifact in (f"{folder}/scores.json", f"{folder}/test_hypotheses.tsv", history_file, curve):
             run.log_artifact(artifact)
-        registered = registered_name(f"seq2seq_{arch.attention}")
+        registered = registered_name("seq2seq_transformer" if arch.kind == "transformer" else f"seq2seq_{arch.attention}")
         version = run.log_pyfunc_model(
             {"model": f"{folder}/model.pt", "scores": f"{folder}/scores.json", "source_vocab": f"{folder}/source_vocab",
              "target_vocab": f"{folder}/target_vocab"}, registered, pd.DataFrame({"source": [("" if reading["source_chars"] else " ").join(test[0].source)]}),

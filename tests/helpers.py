@@ -135,6 +135,8 @@ def make_project(root: Path, **changes) -> Path:
     params["pairs"].update(source="directory", path="data/pairs", max_oov_rate=0.5)
     params["seq2seq"].update(embed_dim=8, hidden_dim=8, heads=2)
     params["seq2seq_train"].update(batch_size=4, tokens=120, eval_every=60, eval_batch_size=4, checkpoint_every=5)
+    params["seq2seq_tune"].update(tokens=120, eval_every=60, num_samples=2, train_tokens=None,
+                                  optimization_config={"lr": {"min": 1.0e-3, "max": 1.0e-2}, "hidden_dim": {"values": [8, 16]}})
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         params[section][key] = value

@@ -48,10 +48,13 @@ def test_one_parent_run_with_a_child_per_stage(project):
     grid = [f"ngram {e}-{o}" for o in (1, 3) for e in ("mle", "laplace", "addk", "jm", "backoff", "kn", "mkn")]
     assert list(children["tags.mlflow.runName"]) == ["prepare", "tokenize", "vocab", "validate", *grid, "tune", "train lstm-dot",
                                                      "train lstm", "train transformer", "hybrid", "evaluate", "pairs",
-                                                     "pairs_validate", "seq2seq attention", "seq2seq none", "seq2seq_evaluate",
-                                                     "register"]
-    trials = frame[frame["tags.mlflow.parentRunId"] == children.set_index("tags.mlflow.runName").loc["tune", "run_id"]]
-    assert len(trials) == 2 and len(frame) == 1 + len(children) + len(trials)  # the trials are the search's children
+                                                     "pairs_validate", "seq2seq_tune", "seq2seq attention", "seq2seq none",
+                                                     "seq2seq transformer", "seq2seq_evaluate", "register"]
+    by_name = children.set_index("tags.mlflow.runName")
+    trials = frame[frame["tags.mlflow.parentRunId"] == by_name.loc["tune", "run_id"]]
+    seq2seq_trials = frame[frame["tags.mlflow.parentRunId"] == by_name.loc["seq2seq_tune", "run_id"]]
+    assert len(trials) == 2 and len(seq2seq_trials) == 2  # the trials are each search's children
+    assert len(frame) == 1 + len(children) + len(trials) + len(seq2seq_trials)
     assert set(children["status"]) == {"FINISHED"}
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert set(frame["tags.mlflow.source.git.commit"]) == {commit}
@@ -229,20 +232,28 @@ def test_cutoffs_beyond_the_vocabulary_are_fitted_to_it_and_said_in_one_line(pro
     assert scores["config"]["output"] == "adaptive" and scores["config"]["cutoffs"] == [5]
 
 
-def test_the_seq2seq_task_trains_decodes_and_compares_attention_with_none(project):
+def test_the_seq2seq_task_searches_trains_decodes_and_compares_attention_with_none(project):
     metrics = json.loads((project / "metrics" / "pairs.json").read_text())
     assert (metrics["train_sources"], metrics["valid_sources"], metrics["test_sources"]) == (14, 2, 3)
-    for name, attention in (("attention", "additive"), ("none", "none")):
+    best = json.loads((project / "models" / "seq2seq_tune" / "best_config.json").read_text())
+    trials = pd.read_csv(project / "metrics" / "seq2seq" / "tune_trials.csv")
+    assert len(trials) == 2 and set(best["overrides"]) == {"seq2seq_train.lr", "seq2seq.hidden_dim"}
+    assert best["valid_ppl"] == pytest.approx(trials.valid_ppl.min(), rel=1e-5)
+    for name, attention, kind in (("attention", "additive", "rnn"), ("none", "none", "rnn"), ("transformer", "additive", "transformer")):
         folder = project / "models" / "seq2seq" / name
         scores = json.loads((folder / "scores.json").read_text())
-        assert scores["config"]["attention"] == attention and scores["task"] == "seq2seq"
+        assert (scores["config"]["attention"], scores["config"]["kind"], scores["task"]) == (attention, kind, "seq2seq")
+        assert scores["tuned"] == best["overrides"]
+        if kind == "rnn":  # the search's hidden_dim; the transformer baseline sets its own
+            assert scores["config"]["hidden_dim"] == best["overrides"]["seq2seq.hidden_dim"]
         assert scores["test"]["sources"] == 3 and scores["test"]["target_tokens"] == 9 + 3  # </s> counted
         assert 0.0 <= scores["test"]["wer"] <= 1.0 and math.isfinite(scores["test"]["target_ppl"])
         hypotheses = pd.read_csv(folder / "test_hypotheses.tsv", sep="\t", keep_default_na=False)
         assert sorted(hypotheses.source) == ["d o t", "s a d", "t o g"]
         assert (project / "metrics" / "seq2seq" / f"{name}.json").exists() and (project / "plots" / "seq2seq" / f"{name}.png").exists()
     board = pd.read_csv(project / "metrics" / "seq2seq" / "leaderboard.csv")
-    assert sorted(board.model) == ["seq2seq-attention", "seq2seq-none"] and list(board["rank"]) == [1, 2]
+    assert sorted(board.model) == ["seq2seq-attention", "seq2seq-none", "seq2seq-transformer"] and list(board["rank"]) == [1, 2, 3]
+    assert board.set_index("model").loc["seq2seq-transformer", ["kind", "attention", "rnn"]].tolist() == ["transformer", "multihead", "-"]
     by_length = pd.read_csv(project / "metrics" / "seq2seq" / "wer_by_length.csv")
     assert list(by_length.source_length) == [3] and list(by_length.sources) == [3]
     assert (project / "plots" / "seq2seq" / "wer_by_length.png").stat().st_size > 0
@@ -251,6 +262,8 @@ def test_the_seq2seq_task_trains_decodes_and_compares_attention_with_none(projec
     assert [line[:2] for line in lines] == [["dot", "1"], ["dot", "2"], ["TOG", "1"], ["TOG", "2"]]
     assert float(lines[0][3]) >= float(lines[1][3])  # best first
     assert (project / "alignment.png").stat().st_size > 0
+    sh(project, str(BIN / "seqlab"), "transduce", "dot", "--model", "models/seq2seq/transformer", "--visualize", "transformer.png")
+    assert (project / "transformer.png").stat().st_size > 0  # the last decoder layer's source attention
     refused = sh(project, str(BIN / "seqlab"), "transduce", "dot", "--model", "models/seq2seq/none", "--visualize", "a.png", check=False)
     assert refused.returncode == 1 and refused.stderr.strip() == "error: models/seq2seq/none: this model has no attention to draw (seq2seq.attention: none)"
 
@@ -262,12 +275,12 @@ def test_the_seq2seq_task_has_its_own_champion_gated_by_wer_and_served_as_a_pyfu
     board = pd.read_csv(project / "metrics" / "seq2seq" / "leaderboard.csv")
     name, version = champion_of(client, "seq2seq")
     best = board.sort_values(["valid_wer", "model"]).iloc[0]
-    assert name == f"seqlab-seq2seq_{best.attention}"
+    assert name == f"seqlab-seq2seq_{'transformer' if best.kind == 'transformer' else best.attention}"
     tags = client.get_model_version(name, version).tags
     assert tags["task"] == "seq2seq" and float(tags["test_wer"]) == pytest.approx(best.test_wer)
     decision = json.loads((project / "metrics" / "seq2seq" / "register.json").read_text())
     assert decision["outcome"] == "promoted" and decision["candidate"]["test_wer"] == pytest.approx(best.test_wer)
-    for family in ("seq2seq_additive", "seq2seq_none"):
+    for family in ("seq2seq_additive", "seq2seq_none", "seq2seq_transformer"):
         assert len(client.search_model_versions(f"name = 'seqlab-{family}'")) == 1
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     answer = model.predict(pd.DataFrame({"source": ["dot", "sad"]}), params={"beam": 3, "nbest": 2})
@@ -361,7 +374,8 @@ def test_every_family_is_registered_with_what_it_was_built_from(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     tokens_md5 = next(o["md5"] for o in lock["tokenize"]["outs"] if o["path"] == "data/tokens")
     commit = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
-    names = {m.name for m in client.search_registered_models("name LIKE 'seqlab-%'")} - {"seqlab-seq2seq_additive", "seqlab-seq2seq_none"}
+    names = {m.name for m in client.search_registered_models("name LIKE 'seqlab-%'")} - {"seqlab-seq2seq_additive", "seqlab-seq2seq_none",
+                                                                                                  "seqlab-seq2seq_transformer"}
     assert names == {"seqlab-ngram", "seqlab-lstm_attention", "seqlab-lstm", "seqlab-transformer", "seqlab-hybrid"}
     fingerprint = json.loads((project / "models" / "hybrid" / "scores.json").read_text())["test"]["fingerprint"]
     for name in names:

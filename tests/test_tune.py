@@ -68,7 +68,7 @@ def language(length: int, seed: int) -> np.ndarray:
 
 def data() -> dict:
     valid = language(300, 1)
-    return {"train_ids": language(3000, 0), "valid_ids": valid, "valid_scored": np.ones(len(valid), bool),
+    return {"task": "lm", "train_ids": language(3000, 0), "valid_ids": valid, "valid_scored": np.ones(len(valid), bool),
             "vocab_size": 20, "vocab_sha256": "0" * 64}
 
 
@@ -207,6 +207,51 @@ def test_search_with_asha_a_crashed_trial_and_a_child_run_per_trial(tmp_path, tr
         assert float(run.data.params["lr"]) == pytest.approx(row["lr"]) and int(run.data.params["hidden_dim"]) == row["hidden_dim"]
     plot_search(table, load_space(settings()), tmp_path / "tune.png")
     assert (tmp_path / "tune.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_encoder_decoder_is_searched_by_the_same_engine(tmp_path, tracking):
+    """The seq2seq task's search: pairs written by the pairs stage, its own section and keys (the
+    seed's num_layers sets both stacks), trials of the encoder-decoder, the best config into params."""
+    from helpers import write_pairs
+    from seqlab.pairs import load_pair_files, write_pairs as save_pairs
+    from seqlab.tune.search import pair_search_data
+    from seqlab.vocab import PAIR_SPECIALS, build_vocab, save_vocab
+
+    write_pairs(tmp_path / "pairs")
+    folder = tmp_path / "seq2seq"
+    splits = load_pair_files(tmp_path / "pairs", source_chars=True).splits
+    for split, pairs in splits.items():
+        save_pairs(pairs, folder / f"{split}.tsv")
+    for side in ("source", "target"):
+        save_vocab(build_vocab([getattr(p, side) for p in splits["train"]], specials=PAIR_SPECIALS), folder / f"{side}_vocab",
+                   specials=PAIR_SPECIALS)
+    data = pair_search_data(folder, train_tokens=None)
+    assert data["task"] == "seq2seq" and len(data["train_pairs"]) == len(splits["train"])
+    assert len(pair_search_data(folder, train_tokens=30, seed=1)["train_pairs"]) < len(data["train_pairs"])
+
+    space_spec = {"lr": {"min": 1e-3, "max": 1e-2}, "num_layers": {"values": [1, 2]}, "attention": {"values": ["dot", "general"]}}
+    seq2seq_tune = PARAMS.seq2seq_tune.model_copy(update={"tokens": 120, "eval_every": 60, "num_samples": 3,
+                                                          "optimization_config": space_spec})
+    params = with_changes(PARAMS, {"seq2seq.embed_dim": 8, "seq2seq.hidden_dim": 8, "seq2seq.heads": 2,
+                                   "seq2seq_train.batch_size": 4, "seq2seq_train.eval_batch_size": 4}, "tiny", "seq2seq")
+    params = params.model_copy(update={"seq2seq_tune": seq2seq_tune})
+    space = load_space_with(seq2seq_tune, searchable_keys("seq2seq"), section="seq2seq_tune")
+    assert space.source == "params.yaml: seq2seq_tune.optimization_config"
+    assert {d.key: d.targets for d in space.dimensions}["num_layers"] == ("seq2seq.encoder_layers", "seq2seq.decoder_layers")
+    result = run_search(space, params, data, tracking, tmp_path / "storage")
+    assert len(result.trials) == 3 and set(result.trials["status"]) <= {"completed", "stopped by ASHA"}
+    assert np.isfinite(result.trials["valid_loss"].dropna()).all() and result.best["valid_ppl"] >= 1.0
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"overrides": overrides(result.best["config"], space.dimensions)}))
+    tuned_params, changes = tuned(params, best, "seq2seq")
+    assert tuned_params.seq2seq.encoder_layers == tuned_params.seq2seq.decoder_layers == result.best["config"]["num_layers"]
+    assert tuned_params.seq2seq.attention == result.best["config"]["attention"] and tuned_params.model == params.model
+    with pytest.raises(ValueError, match=r"^bptt: unknown key"):  # the language model's key
+        parse_space_with({"bptt": {"values": [8]}}, searchable_keys("seq2seq"))
+    bad = load_space_with(seq2seq_tune.model_copy(update={"optimization_config": {"hidden_dim": {"values": [8, 9]}}}),
+                          searchable_keys("seq2seq"), section="seq2seq_tune")
+    with pytest.raises(SeqLabError, match=r"^params.yaml: seq2seq_tune.optimization_config.hidden_dim: 9 is not a valid seq2seq.hidden_dim"):
+        check_space(bad, params, 20, "seq2seq")
 
 
 def test_a_gpu_that_is_not_there_fails_fast_unless_fallback_is_allowed(tmp_path, tracking):

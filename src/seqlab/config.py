@@ -7,14 +7,27 @@ falling back to a default. Errors name the file and the dotted key on one line.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import ClassVar, Iterable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seqlab.errors import SeqLabError
-from seqlab.tune.space import parse_space, rounds, searchable
+from seqlab.tune.space import SEED_KEYS, parse_space, rounds, searchable
+
+
+@dataclass(frozen=True)
+class TaskSections:
+    """The params sections of one task: its architecture, its training and its search."""
+
+    arch: str
+    train: str
+    search: str
+
+
+TASKS = {"lm": TaskSections("model", "train", "tune"), "seq2seq": TaskSections("seq2seq", "seq2seq_train", "seq2seq_tune")}
 
 
 class _Section(BaseModel):
@@ -185,8 +198,11 @@ class TrainParams(LoopParams):
 
 
 class TuneParams(_Section):
-    """The search of the tune stage; ``name``, ``tokens`` and ``optimization_config`` keep the shape
-    of a search-space JSON file (``space_file``), which replaces them when set."""
+    """A task's search (``tune`` for the language model, ``seq2seq_tune`` for the encoder-decoder);
+    ``name``, ``tokens`` and ``optimization_config`` keep the shape of a search-space JSON file
+    (``space_file``), which replaces them when set."""
+
+    task: ClassVar[str] = "lm"  # whose architecture and training sections the search varies
 
     name: str = Field(min_length=1)
     tokens: int = Field(ge=1)  # the most tokens a trial trains on (its budget, as train.tokens)
@@ -197,7 +213,7 @@ class TuneParams(_Section):
     search: Literal["random", "optuna"]  # random sampling or Optuna's TPE
     grace_period: int = Field(ge=1)  # ASHA: rounds before a trial can be stopped ...
     reduction_factor: float = Field(gt=1)  # ... and the share kept at each rung is 1/this
-    train_tokens: int | None = Field(ge=100)  # trials train on the first this-many train tokens; null for all
+    train_tokens: int | None = Field(ge=100)  # trials train on the first this-many train (target) tokens; null for all
     cpus_per_trial: float = Field(gt=0)
     gpus_per_trial: float = Field(ge=0)  # fractions share a GPU
     gpu_fallback: bool  # no GPU in the cluster: run trials on CPUs instead of failing
@@ -215,7 +231,7 @@ class TuneParams(_Section):
     @field_validator("optimization_config")
     @classmethod
     def _space(cls, space: dict[str, dict]) -> dict[str, dict]:
-        parse_space(space, searchable_keys())
+        parse_space(space, searchable_keys(cls.task))
         return space
 
     @model_validator(mode="after")
@@ -249,8 +265,9 @@ class PairsParams(_Section):
 
 
 class Seq2SeqParams(_Section):
-    """The encoder-decoder (``seqlab.models.seq2seq``)."""
+    """The encoder-decoder (``seqlab.models.seq2seq``, or ``seq2seq_transformer`` with ``kind: transformer``)."""
 
+    kind: Literal["rnn", "transformer"]  # the recurrent encoder-decoder with attention | the Transformer baseline
     rnn: Literal["lstm", "gru"]
     attention: Literal["none", "dot", "general", "additive", "multihead"]
     heads: int = Field(ge=1)
@@ -265,7 +282,7 @@ class Seq2SeqParams(_Section):
     def _check(self) -> "Seq2SeqParams":
         if self.bidirectional and self.hidden_dim % 2:
             raise ValueError(f"a bidirectional encoder splits hidden_dim between its directions: it must be even (got {self.hidden_dim})")
-        if self.attention == "multihead" and self.hidden_dim % self.heads:
+        if (self.attention == "multihead" or self.kind == "transformer") and self.hidden_dim % self.heads:
             raise ValueError(f"heads must divide hidden_dim {self.hidden_dim} (got {self.heads})")
         return self
 
@@ -277,6 +294,12 @@ class Seq2SeqTrainParams(LoopParams):
     label_smoothing: float = Field(ge=0, lt=1)
     beam: int = Field(ge=1)  # decoding: 1 is greedy
     length_penalty: float = Field(ge=0)  # GNMT's alpha; 0 ranks by summed log-probability
+
+
+class Seq2SeqTuneParams(TuneParams):
+    """The encoder-decoder's search: the same keys, over the seq2seq and seq2seq_train sections."""
+
+    task: ClassVar[str] = "seq2seq"
 
 
 class HybridParams(_Section):
@@ -307,6 +330,7 @@ class Params(_Section):
     pairs: PairsParams
     seq2seq: Seq2SeqParams
     seq2seq_train: Seq2SeqTrainParams
+    seq2seq_tune: Seq2SeqTuneParams
     seq2seq_baselines: dict[str, dict]  # name -> changes to the seq2seq section, e.g. {attention: none}
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
@@ -382,15 +406,17 @@ def put(sections: Mapping[str, Mapping], changes: Mapping[str, object], source: 
     return out
 
 
-def with_changes(params: Params, changes: Mapping[str, object], source: str) -> Params:
-    """``params`` with ``{"model.key" | "train.key": value}`` put into its model and train sections and
-    validated with their schema; errors name ``source`` and the key."""
-    sections = put({"model": params.model.model_dump(), "train": params.train.model_dump()}, changes, source, only=("model", "train"))
+def with_changes(params: Params, changes: Mapping[str, object], source: str, task: str = "lm") -> Params:
+    """``params`` with ``{"section.key": value}`` put into ``task``'s architecture and training sections
+    (``model``/``train``, or ``seq2seq``/``seq2seq_train``) and validated with their schema; errors
+    name ``source`` and the key."""
+    names = (TASKS[task].arch, TASKS[task].train)
+    sections = put({name: getattr(params, name).model_dump() for name in names}, changes, source, only=names)
     try:
-        model, train = ModelParams.model_validate(sections["model"]), TrainParams.model_validate(sections["train"])
+        update = {name: Params.model_fields[name].annotation.model_validate(sections[name]) for name in names}
     except ValidationError as err:
         raise SeqLabError(describe_validation_error(source, err)) from None
-    return params.model_copy(update={"model": model, "train": train})
+    return params.model_copy(update=update)
 
 
 def seq2seq_with(params: Params, baseline: str | None) -> Seq2SeqParams:
@@ -411,9 +437,11 @@ def seq2seq_with(params: Params, baseline: str | None) -> Seq2SeqParams:
         raise SeqLabError(describe_validation_error(source, err)) from None
 
 
-def searchable_keys() -> dict[str, tuple[str, ...]]:
-    """What a search may vary: the seed's names and the keys of the model and train sections."""
-    return searchable({"model": ModelParams.model_fields, "train": TrainParams.model_fields})
+def searchable_keys(task: str = "lm") -> dict[str, tuple[str, ...]]:
+    """What a search of ``task`` may vary: the seed's names and the keys of its architecture and
+    training sections."""
+    names = (TASKS[task].arch, TASKS[task].train)
+    return searchable({name: Params.model_fields[name].annotation.model_fields for name in names}, SEED_KEYS[task])
 
 
 def validation_problem(err: ValidationError) -> str:

@@ -128,7 +128,10 @@ def seq2seq_leaderboard(summaries: dict[str, dict]) -> pd.DataFrame:
         if (s["test"]["sources"], s["test"]["target_tokens"], s["vocab_sha256"]) != \
                 (reference["test"]["sources"], reference["test"]["target_tokens"], reference["vocab_sha256"]):
             raise SeqLabError(f"{first} and {folder} were scored on different test pairs or vocabularies; rerun `dvc repro`")
-        row = {"model": s["model"], "attention": s["config"]["attention"], "rnn": s["config"]["rnn"], "path": folder,
+        transformer = s["config"].get("kind") == "transformer"
+        row = {"model": s["model"], "kind": "transformer" if transformer else "rnn",
+               "attention": "multihead" if transformer else s["config"]["attention"],
+               "rnn": "-" if transformer else s["config"]["rnn"], "path": folder,
                "parameters": s["parameters"], "valid_target_ppl": s["valid"]["target_ppl"], "valid_wer": s["valid"]["wer"]}
         row |= {f"test_{k}": s["test"][k] for k in SEQ2SEQ_COLUMNS if k in s["test"]}
         rows.append(row)

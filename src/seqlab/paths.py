@@ -22,6 +22,7 @@ BASELINES = "models/baselines"  # <name>/: model.pt, scores.json
 HYBRID = "models/hybrid"  # hybrid.json, scores.json
 LEADERBOARD = "metrics/leaderboard.csv"
 PAIRS = "data/seq2seq"  # the sequence-to-sequence task: <split>.tsv (source<TAB>target), source_vocab/, target_vocab/
+SEQ2SEQ_TUNE_BEST = "models/seq2seq_tune/best_config.json"  # the encoder-decoder search's best configuration
 SEQ2SEQ = "models/seq2seq"  # <name>/: model.pt, scores.json, test_hypotheses.tsv (name: attention or a baseline)
 DEFAULT_MODEL = f"{NEURAL}/model.pt"  # what `seqlab predict` and `generate` read without --model
 

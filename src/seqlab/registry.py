@@ -7,7 +7,7 @@ hash of the token data, the vocabulary hash, the test-set fingerprint, its perpl
 hash of its model directory (which is how the ``register`` stage finds the version of a model file).
 
 The encoder-decoders of the sequence-to-sequence task are ``seqlab-seq2seq_<attention>``
-(``seqlab-seq2seq_additive``, ``seqlab-seq2seq_none``, ...).
+(``seqlab-seq2seq_additive``, ``seqlab-seq2seq_none``, ...) and ``seqlab-seq2seq_transformer``.
 
 Every version is tagged with its task (``task``: ``lm`` for a language model, ``seq2seq``), and each
 task has its own ``champion``: one version across the families of that task, the best model so far.

@@ -3,6 +3,10 @@
 A model maps token ids and a carried state to features; its ``output`` layer turns features into
 log-probabilities. ``init_state``/``forward(ids, state)`` serve training windows, scoring and
 token-by-token generation alike.
+
+The sequence-to-sequence task's encoder-decoders (``seq2seq``: recurrent with attention;
+``seq2seq_transformer``: the Transformer) share another interface, ``encode``/``start``/``step`` and
+a teacher-forced ``forward``; ``build_seq2seq`` makes either from its config.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from torch import nn
 
 from seqlab.models.config import ModelConfig
 from seqlab.models.lstm_attention import LSTMAttentionLM, State
+from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
+from seqlab.models.seq2seq_transformer import TransformerEncoderDecoder
 from seqlab.models.transformer import TransformerLM
 
 KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
@@ -20,12 +26,17 @@ KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
 # (the value earlier checkpoints carry, so the same training writes the same bytes)
 UNUSED_FF_DIM = 1024
 
-__all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "config_from_params",
+__all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "build_seq2seq", "config_from_params",
            "count_parameters", "matched_ff_dim", "output_layer"]
 
 
 def build(config: ModelConfig) -> nn.Module:
     return KINDS[config.kind](config)
+
+
+def build_seq2seq(config: Seq2SeqConfig) -> nn.Module:
+    """The encoder-decoder of ``config.kind``: recurrent with attention, or the Transformer."""
+    return (TransformerEncoderDecoder if config.kind == "transformer" else EncoderDecoder)(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
-from seqlab.models import ModelConfig, build
+from seqlab.models import ModelConfig, Seq2SeqConfig, build, build_seq2seq
 
 FORMAT = "seqlab-neural-lm/1"
 SEQ2SEQ_FORMAT = "seqlab-seq2seq/1"
@@ -63,9 +63,7 @@ def load_checkpoint(path: str | Path, vocab_sha256: str | None, device: str | to
                           f"but the vocabulary given is {vocab_sha256[:12]}; retrain or pass the matching --vocab")
     try:
         if format == SEQ2SEQ_FORMAT:
-            from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
-
-            model = EncoderDecoder(Seq2SeqConfig.from_dict(payload["config"]))
+            model = build_seq2seq(Seq2SeqConfig.from_dict(payload["config"]))
         else:
             model = build(ModelConfig.from_dict(payload["config"]))
         model.load_state_dict(payload["state_dict"])

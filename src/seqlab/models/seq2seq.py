@@ -47,6 +47,8 @@ class Seq2SeqConfig:
     decoder_layers: int
     bidirectional: bool
     dropout: float
+    kind: str = "rnn"  # rnn (this module's EncoderDecoder) | transformer (seq2seq_transformer); rnn, attention and
+    #                   bidirectional are the recurrent model's; hidden_dim, heads, the layers and dropout serve both
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -9,8 +9,8 @@ from seqlab.errors import SeqLabError
 from seqlab.net import unreachable
 
 
-def connect(address: str | None) -> str:
-    """Start a local Ray instance, or join the cluster at ``address`` (``tune.address``, else
+def connect(address: str | None, section: str = "tune") -> str:
+    """Start a local Ray instance, or join the cluster at ``address`` (``<section>.address``, else
     ``RAY_ADDRESS``); fail within seconds when it cannot be reached. Returns a description.
 
     Trial output stays in the workers' logs: the driver prints one line per trial instead, and a
@@ -20,7 +20,7 @@ def connect(address: str | None) -> str:
 
     import ray
 
-    source = "params.yaml: tune.address"
+    source = f"params.yaml: {section}.address"
     if address is None and os.environ.get("RAY_ADDRESS"):
         address, source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     if address in (None, "local"):
@@ -52,20 +52,21 @@ def _probe(address: str, source: str, timeout: float = 5.0) -> None:
                           f"start one with `ray start --head` or unset it for a local instance")
 
 
-def trial_resources(cpus: float, gpus: float, gpu_fallback: bool) -> dict[str, float]:
-    """Resources per trial that the connected cluster can give, or a one-line error."""
+def trial_resources(cpus: float, gpus: float, gpu_fallback: bool, section: str = "tune") -> dict[str, float]:
+    """Resources per trial that the connected cluster can give, or a one-line error naming
+    ``section``'s key (``tune`` or ``seq2seq_tune``)."""
     import ray
 
     total = ray.cluster_resources()
     have_cpus, have_gpus = total.get("CPU", 0), total.get("GPU", 0)
     if gpus > 0 and have_gpus == 0:
         if not gpu_fallback:
-            raise SeqLabError(f"params.yaml: tune.gpus_per_trial: trials ask for {gpus:g} GPU, but the Ray cluster has none "
-                              "(tune.gpu_fallback: true runs them on CPUs)")
-        print("tune: no GPU in the Ray cluster; trials run on CPUs (tune.gpu_fallback)")
+            raise SeqLabError(f"params.yaml: {section}.gpus_per_trial: trials ask for {gpus:g} GPU, but the Ray cluster has none "
+                              f"({section}.gpu_fallback: true runs them on CPUs)")
+        print(f"{section}: no GPU in the Ray cluster; trials run on CPUs ({section}.gpu_fallback)")
         gpus = 0.0
     elif gpus > have_gpus:
-        raise SeqLabError(f"params.yaml: tune.gpus_per_trial: trials ask for {gpus:g} GPUs, but the Ray cluster has {have_gpus:g}")
+        raise SeqLabError(f"params.yaml: {section}.gpus_per_trial: trials ask for {gpus:g} GPUs, but the Ray cluster has {have_gpus:g}")
     if cpus > have_cpus:
-        raise SeqLabError(f"params.yaml: tune.cpus_per_trial: trials ask for {cpus:g} CPUs, but the Ray cluster has {have_cpus:g}")
+        raise SeqLabError(f"params.yaml: {section}.cpus_per_trial: trials ask for {cpus:g} CPUs, but the Ray cluster has {have_cpus:g}")
     return {"cpu": cpus, "gpu": gpus}

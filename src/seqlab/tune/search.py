@@ -1,4 +1,5 @@
-"""A search over the neural LM's hyperparameters: Ray Tune with ASHA, random or Optuna TPE sampling.
+"""A search over a task's hyperparameters (the neural LM's or the encoder-decoder's): Ray Tune with
+ASHA, random or Optuna TPE sampling.
 
 Each trial (``seqlab.tune.trial``) trains the sampled configuration and reports after every round; the
 driver records every trial as an MLflow child run of the search's run (``seqlab.tracking``), shows a
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from seqlab.config import Params
+from seqlab.config import TASKS, Params
 from seqlab.errors import SeqLabError
 from seqlab.tune.cluster import connect, trial_resources
 from seqlab.tune.space import Dimension, Space
@@ -152,14 +153,33 @@ def search_data(tokens: str | Path, vocab, train_tokens: int | None) -> dict:
 
     train_set, valid = (load_eval_set(tokens, split, vocab) for split in ("train", "valid"))
     train_ids = train_set.segments.ids[:train_tokens] if train_tokens else train_set.segments.ids
-    return {"train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
+    return {"task": "lm", "train_ids": train_ids, "valid_ids": valid.segments.ids, "valid_scored": valid.scored,
             "vocab_size": len(vocab), "vocab_sha256": vocab.sha256}
 
 
+def pair_search_data(folder: str | Path, train_tokens: int | None, seed: int = 0) -> dict:
+    """What every encoder-decoder trial reads: the train pairs (all, or pairs drawn at random with
+    ``seed`` until they hold ``train_tokens`` target tokens: a file in dictionary order would give
+    the first letters only), the valid pairs, the vocabularies' sizes and hash."""
+    from seqlab.pairs import read_pairs
+    from seqlab.transduce import encode_pairs, vocabularies_sha256
+    from seqlab.vocab import PAIR_SPECIALS, load_vocab
+
+    source_vocab, target_vocab = (load_vocab(Path(folder) / f"{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
+    train, valid = (encode_pairs(read_pairs(Path(folder) / f"{split}.tsv"), source_vocab, target_vocab) for split in ("train", "valid"))
+    if train_tokens:
+        train = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
+        counts = np.cumsum([len(target) + 1 for _, target in train])  # + </s>, as the trainer counts
+        train = train[: max(1, int(np.searchsorted(counts, train_tokens, side="right")))]
+    return {"task": "seq2seq", "train_pairs": train, "valid_pairs": valid, "source_vocab": len(source_vocab),
+            "target_vocab": len(target_vocab), "vocab_size": len(target_vocab),
+            "vocab_sha256": vocabularies_sha256(source_vocab, target_vocab)}
+
+
 def run_search(space: Space, params: Params, data: dict, runs, storage: str | Path) -> SearchResult:
-    """Run the search of ``params.tune`` over ``space`` from ``params``' model and train sections;
-    ``data`` holds the id streams and vocabulary facts, ``runs`` the MLflow child runs
-    (``StageRun.children``) the trials are logged as."""
+    """Run the search of ``data``'s task (``params.tune`` or ``params.seq2seq_tune``) over ``space``
+    from ``params``' sections of that task; ``data`` (``search_data``, ``pair_search_data``) holds
+    what the trials read, ``runs`` the MLflow child runs (``StageRun.children``) they are logged as."""
     import logging
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would interleave with the progress bar
@@ -170,16 +190,17 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
     from ray.tune.schedulers import ASHAScheduler
     from tqdm.auto import tqdm
 
-    tune_params = params.tune
-    integer = check_space(space, params, data["vocab_size"])
+    section = TASKS[data["task"]].search
+    tune_params = getattr(params, section)
+    integer = check_space(space, params, data["vocab_size"], data["task"])
     started = time.perf_counter()
-    cluster = connect(tune_params.address)
+    cluster = connect(tune_params.address, section)
     try:
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         if nodes > 1 and "://" not in str(storage) and tune_params.storage is None:
-            print(f"tune: {nodes} Ray nodes, but trial checkpoints go to {storage} on this machine; set tune.storage "
+            print(f"{section}: {nodes} Ray nodes, but trial checkpoints go to {storage} on this machine; set {section}.storage "
                   "to a shared directory or a bucket URI so a retried trial can resume on another node")
-        resources = trial_resources(tune_params.cpus_per_trial, tune_params.gpus_per_trial, tune_params.gpu_fallback)
+        resources = trial_resources(tune_params.cpus_per_trial, tune_params.gpus_per_trial, tune_params.gpu_fallback, section)
         if tune_params.search == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
@@ -192,6 +213,7 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
         scheduler = ASHAScheduler(time_attr="round", max_t=space.rounds, grace_period=tune_params.grace_period,
                                   reduction_factor=tune_params.reduction_factor)
         payload = {**data, "dimensions": space.dimensions, "params": params, "tokens": space.tokens, "rounds": space.rounds,
+                   "eval_every": tune_params.eval_every,
                    "resources": resources, "crash_marker": os.environ.get(FAULT_ENV)}
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=payload), resources)
         total = tune_params.num_samples * space.rounds
@@ -214,7 +236,7 @@ def run_search(space: Space, params: Params, data: dict, runs, storage: str | Pa
     records = sorted(tracker.trials.values(), key=lambda r: r.index)
     if not any(r.results for r in records):
         errors = [r.error for r in records if r.error]
-        raise SeqLabError(f"tune: no trial finished a round; first error: {errors[0] if errors else 'none reported'}")
+        raise SeqLabError(f"{section}: no trial finished a round; first error: {errors[0] if errors else 'none reported'}")
     rows = []
     for record in records:
         best = record.best

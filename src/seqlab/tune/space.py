@@ -10,8 +10,9 @@ file of the same shape::
                              "hidden_dim": {"values": [512, 1024]}}}
 
 A key is one of the seed's names (``lr``, ``num_layers``, ``hidden_dim``, ``embedding_dim``,
-``batch_size``, ``dropout``) or any key of the ``model`` and ``train`` sections (``attention``,
-``bptt``, ``dropout_rnn``, ...). ``{min, max}`` samples uniformly, log-uniformly for ``lr`` or with
+``batch_size``, ``dropout``) or any key of the task's architecture and training sections: ``model``
+and ``train`` for the language model (``attention``, ``bptt``, ``dropout_rnn``, ...), ``seq2seq`` and
+``seq2seq_train`` for the encoder-decoder (``rnn``, ``encoder_layers``, ``label_smoothing``, ...). ``{min, max}`` samples uniformly, log-uniformly for ``lr`` or with
 ``log: true``, in whole numbers where the key is a whole number; ``{values: [...]}`` picks one.
 """
 
@@ -25,15 +26,26 @@ from typing import Any, Mapping
 
 from seqlab.errors import SeqLabError
 
-SEED_KEYS = {  # the seed's names for the keys of params.yaml
-    "lr": ("train.lr",),
-    "num_layers": ("model.layers",),
-    "hidden_dim": ("model.hidden_dim",),
-    "embedding_dim": ("model.embed_dim",),
-    "batch_size": ("train.batch_size",),
-    "dropout": ("model.dropout_embed", "model.dropout_rnn", "model.dropout_out"),
+SEED_KEYS = {  # the seed's names for the keys of params.yaml, by task
+    "lm": {
+        "lr": ("train.lr",),
+        "num_layers": ("model.layers",),
+        "hidden_dim": ("model.hidden_dim",),
+        "embedding_dim": ("model.embed_dim",),
+        "batch_size": ("train.batch_size",),
+        "dropout": ("model.dropout_embed", "model.dropout_rnn", "model.dropout_out"),
+    },
+    "seq2seq": {
+        "lr": ("seq2seq_train.lr",),
+        "num_layers": ("seq2seq.encoder_layers", "seq2seq.decoder_layers"),
+        "hidden_dim": ("seq2seq.hidden_dim",),
+        "embedding_dim": ("seq2seq.embed_dim",),
+        "batch_size": ("seq2seq_train.batch_size",),
+        "dropout": ("seq2seq.dropout",),
+    },
 }
-NOT_SEARCHED = {"tokens", "eval_every", "patience", "device", "seed", "amp", "eval_batch_size", "checkpoint_every", "cutoffs"}
+NOT_SEARCHED = {"tokens", "eval_every", "patience", "device", "seed", "amp", "eval_batch_size", "checkpoint_every", "cutoffs",
+                "beam", "length_penalty"}  # decoding settings: a trial is judged by its valid loss
 SPACE_FILE_KEYS = ("name", "tokens", "optimization_config")
 
 
@@ -42,10 +54,10 @@ def rounds(tokens: int, eval_every: int) -> int:
     return -(-tokens // eval_every)
 
 
-def searchable(sections: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Every searchable key and the dotted params keys it sets: the seed's names, then every key of
+def searchable(sections: Mapping[str, Any], seed: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Every searchable key and the dotted params keys it sets: the ``seed`` names, then every key of
     ``sections`` (``{"model": names, "train": names}``) that a search may vary."""
-    keys = dict(SEED_KEYS)
+    keys = dict(seed)
     for section, names in sections.items():
         keys.update({name: (f"{section}.{name}",) for name in names if name not in NOT_SEARCHED})
     return keys
@@ -117,16 +129,18 @@ class Space:
     source: str  # where it was written, for error messages: "params.yaml: tune" or the JSON file
 
 
-def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: str | Path = "params.yaml") -> Space:
-    """The search space of params.yaml's ``tune`` section, or of the JSON file ``tune.space_file`` names."""
+def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: str | Path = "params.yaml",
+               section: str = "tune") -> Space:
+    """The search space of params.yaml's ``section`` (``tune`` or ``seq2seq_tune``), or of the JSON
+    file its ``space_file`` names."""
     if tune_params.space_file is None:
         return Space(tune_params.name, tune_params.tokens, tune_params.rounds,
-                     parse_space(tune_params.optimization_config, known), f"{params_path}: tune.optimization_config")
+                     parse_space(tune_params.optimization_config, known), f"{params_path}: {section}.optimization_config")
     path = Path(tune_params.space_file)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SeqLabError(f"{path}: file not found (params.yaml: tune.space_file)") from None
+        raise SeqLabError(f"{path}: file not found ({params_path}: {section}.space_file)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SeqLabError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(raw, dict):
@@ -144,10 +158,10 @@ def load_space(tune_params, known: Mapping[str, tuple[str, ...]], params_path: s
         raise SeqLabError(f"{path}: name: expected a non-empty string (got {raw['name']!r})")
     tokens = raw["tokens"]
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < tune_params.eval_every:
-        raise SeqLabError(f"{path}: tokens: expected a whole number of at least tune.eval_every {tune_params.eval_every} (got {tokens!r})")
+        raise SeqLabError(f"{path}: tokens: expected a whole number of at least {section}.eval_every {tune_params.eval_every} (got {tokens!r})")
     count = rounds(tokens, tune_params.eval_every)
     if tune_params.grace_period > count:
-        raise SeqLabError(f"{params_path}: tune.grace_period: {tune_params.grace_period} exceeds the {count} rounds of {path}")
+        raise SeqLabError(f"{params_path}: {section}.grace_period: {tune_params.grace_period} exceeds the {count} rounds of {path}")
     try:
         dimensions = parse_space(raw["optimization_config"], known)
     except ValueError as err:

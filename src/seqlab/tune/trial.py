@@ -1,4 +1,8 @@
-"""One trial of a search: the train stage's trainer on a sampled configuration, on a Ray worker.
+"""One trial of a search: the task's trainer on a sampled configuration, on a Ray worker.
+
+The task (``data["task"]``) is the language model (``model``/``train``, the train stage's trainer on
+the token stream) or the encoder-decoder (``seq2seq``/``seq2seq_train``, the seq2seq stage's on the
+pairs); both run the one trainer loop.
 
 A trial trains on its budget (``tune.tokens``, with the schedule over that budget) and reports the
 valid loss after every round (``tune.eval_every`` tokens) with a checkpoint, so a trial that crashes is
@@ -17,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from seqlab.config import Params, put, validation_problem, with_changes
+from seqlab.config import TASKS, Params, put, validation_problem, with_changes
 from seqlab.errors import SeqLabError
 from seqlab.tune.space import Dimension, Space, overrides
 
@@ -29,20 +33,20 @@ def plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def trial_params(params: Params, config: Mapping[str, Any], dimensions: list[Dimension]) -> Params:
-    """``params`` with a trial's sampled ``config`` (seed names) put into its model and train sections."""
-    return with_changes(params, overrides({k: plain(v) for k, v in config.items()}, dimensions), "trial")
+def trial_params(params: Params, config: Mapping[str, Any], dimensions: list[Dimension], task: str = "lm") -> Params:
+    """``params`` with a trial's sampled ``config`` (seed names) put into ``task``'s sections."""
+    return with_changes(params, overrides({k: plain(v) for k, v in config.items()}, dimensions), "trial", task)
 
 
-def check_space(space: Space, params: Params, vocab_size: int) -> dict[str, bool]:
+def check_space(space: Space, params: Params, vocab_size: int, task: str = "lm") -> dict[str, bool]:
     """Every value a dimension can take must be a valid setting of its keys; returns which dimensions
     sample whole numbers. Raises SeqLabError naming the space's file and key."""
     from pydantic import ValidationError
 
-    from seqlab.config import ModelParams, TrainParams
     from seqlab.models import config_from_params
 
-    sections = {"model": params.model.model_dump(), "train": params.train.model_dump()}
+    names = (TASKS[task].arch, TASKS[task].train)
+    sections = {name: getattr(params, name).model_dump() for name in names}
     integer = {}
     for dim in space.dimensions:
         bases = [sections[t.split(".")[0]][t.split(".")[1]] for t in dim.targets]
@@ -54,9 +58,10 @@ def check_space(space: Space, params: Params, vocab_size: int) -> dict[str, bool
                 value = int(value)
             trial = put(sections, {target: value for target in dim.targets}, space.source)
             try:
-                ModelParams.model_validate(trial["model"])
-                TrainParams.model_validate(trial["train"])
-                config_from_params(trial["model"], vocab_size)
+                for name in names:
+                    Params.model_fields[name].annotation.model_validate(trial[name])
+                if task == "lm":
+                    config_from_params(trial["model"], vocab_size)
             except ValidationError as err:
                 raise SeqLabError(f"{space.source}.{dim.key}: {value!r} is not a valid {dim.targets[0]}: "
                                   f"{validation_problem(err)}") from None
@@ -65,22 +70,40 @@ def check_space(space: Space, params: Params, vocab_size: int) -> dict[str, bool
     return integer
 
 
+def _model_and_task(params: Params, data: dict):
+    """The freshly initialised model of a trial's params, its task (data and loss) and the settings
+    that fix the run (for the resume fingerprint)."""
+    if data["task"] == "seq2seq":
+        from seqlab.models import Seq2SeqConfig, build_seq2seq
+        from seqlab.training.seq2seq import Seq2SeqTask
+
+        config = Seq2SeqConfig(data["source_vocab"], data["target_vocab"], **params.seq2seq.model_dump())
+        model, train = build_seq2seq(config), params.seq2seq_train
+        task = Seq2SeqTask(data["train_pairs"], data["valid_pairs"], data["vocab_sha256"], train.label_smoothing, train.teacher_forcing)
+        return model, task, config.as_dict()
+    from seqlab.models import build, config_from_params
+    from seqlab.training.lm import LanguageModelTask
+
+    config = config_from_params(params.model.model_dump(), data["vocab_size"])
+    model = build(config)
+    task = LanguageModelTask(data["train_ids"], data["valid_ids"], data["valid_scored"], data["vocab_sha256"])
+    return model, task, config.as_dict()
+
+
 def run_trial(config: dict, data: dict) -> None:
-    """The trainable Ray runs: the stage's trainer on the sampled configuration, reporting after every round."""
+    """The trainable Ray runs: the task's trainer on the sampled configuration, reporting after every round."""
     import torch
     from ray import tune
 
     from seqlab.determinism import fix_threads
-    from seqlab.models import build, config_from_params
     from seqlab.training import fingerprint, fit
-    from seqlab.training.lm import LanguageModelTask
 
     fix_threads(max(1, int(data["resources"]["cpu"])))
-    params = trial_params(data["params"], config, data["dimensions"])
-    model_config = config_from_params(params.model.model_dump(), data["vocab_size"])
-    cfg = params.train.model_copy(update={"tokens": data["tokens"], "eval_every": params.tune.eval_every,
-                                          "patience": data["rounds"],  # only ASHA stops a trial
-                                          "device": "cuda" if data["resources"]["gpu"] else "cpu", "checkpoint_every": 1 << 30})
+    params = trial_params(data["params"], config, data["dimensions"], data["task"])
+    train = getattr(params, TASKS[data["task"]].train)
+    cfg = train.model_copy(update={"tokens": data["tokens"], "eval_every": data["eval_every"],
+                                   "patience": data["rounds"],  # only ASHA stops a trial
+                                   "device": "cuda" if data["resources"]["gpu"] else "cpu", "checkpoint_every": 1 << 30})
     with tempfile.TemporaryDirectory(prefix="seqlab-trial-") as tmp:
         work, done = Path(tmp), 0
         checkpoint = tune.get_checkpoint()
@@ -109,6 +132,5 @@ def run_trial(config: dict, data: dict) -> None:
                 raise RuntimeError(f"injected trial crash ({FAULT_ENV})")
 
         torch.manual_seed(cfg.seed)
-        model = build(model_config)
-        task = LanguageModelTask(data["train_ids"], data["valid_ids"], data["valid_scored"], data["vocab_sha256"])
-        fit(model, task, cfg, work, fingerprint(model_config.as_dict(), cfg.model_dump()), report, progress=False)
+        model, task, architecture = _model_and_task(params, data)
+        fit(model, task, cfg, work, fingerprint(architecture, cfg.model_dump()), report, progress=False)
