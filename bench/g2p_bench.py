@@ -5,23 +5,31 @@ SeqLab's split, beside the encoder-decoders of the pipeline, and their decoding 
     python bench/g2p_bench.py sequitur [--order 5]  Sequitur trained on data/seq2seq/train.tsv (ramp-up to --order,
                                                     valid.tsv as its held-out set), scored on the test words
 
-Run `dvc repro` first (the pairs and seq2seq stages). Sequitur is installed with
-`pip install sequitur-g2p` (its `g2p.py`); training to order 5 on the whole dictionary takes hours on
-2 cores, `--limit N` trains on the first N train words for a quicker look. Scores follow the
-pipeline's convention: each test word decoded once, scored against its closest pronunciation.
+Run `dvc repro` first (the pairs and seq2seq stages). Scores follow the pipeline's convention: each
+test word decoded once, scored against its closest pronunciation; a test word Sequitur gives no
+answer for is scored as an empty one. Each order's training reports its wall time and peak resident
+memory; `--models DIR` keeps the models (and Sequitur's logs) in DIR, and a `model-N` already there
+is scored as it is instead of trained again, so a long ramp-up can be stopped and continued.
 
-PyPI's newest wheel (1.0.1668.30) crashes in training with ``'SwigPyObject' object has no attribute
-'thisown'`` under current SWIG runtimes; upstream fixed it by no longer setting ``thisown``
-(sequitur-g2p PR #111, not released). The bench runs ``g2p.py`` with a copy of ``sequitur.py`` with
-those assignments removed, first on its path; the installed package is not modified. Without
-``thisown`` the wrapped objects are never freed (upstream's PR #112 fixes that in the compiled
-extension): on the whole dictionary order-1 training grew past 23 GB, so use ``--limit`` here.
+Sequitur runs in its own environment: `--python PY` (or `SEQUITUR_PYTHON=PY`) names the Python of an
+environment holding it, and the bench runs the `g2p.py` beside it. PyPI's newest wheel
+(1.0.1668.30) does not do for the whole dictionary: under current SWIG runtimes training crashes with
+``'SwigPyObject' object has no attribute 'thisown'``. Upstream fixed that in two steps that no release
+carries: PR #111 stops setting ``thisown`` in ``sequitur.py``, PR #112 has SWIG hand the objects'
+ownership to Python (``%newobject`` in ``sequitur.i``), without which they are never freed. Build
+Sequitur with both (docs/benchmarks.md, G2P, says how) and name its Python. Given a Sequitur whose
+``sequitur.py`` still sets ``thisown`` (the wheel, the default when neither is given), the bench
+runs ``g2p.py`` with a copy of ``sequitur.py`` without those assignments, first on its path (the
+installed package is not modified); that trains, but leaks: order 1 on the whole dictionary grew past
+23 GB, so use `--limit N` (the first N train words) there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,55 +52,80 @@ def lexicon(pairs, path: Path, limit: int | None = None) -> None:
     path.write_text("".join(f"{''.join(word)} {' '.join(target)}\n" for word, targets in grouped for target in targets), encoding="utf-8")
 
 
-def patched_sequitur(folder: Path) -> dict:
-    """An environment whose ``sequitur`` module is the installed one without its ``thisown`` assignments."""
-    import importlib.util
-    import os
-    import re
-
-    spec = importlib.util.find_spec("sequitur")
-    if spec is None or spec.origin is None:
-        sys.exit("sequitur not found: pip install sequitur-g2p")
-    source = Path(spec.origin).read_text(encoding="utf-8")
-    folder.mkdir()
-    (folder / "sequitur.py").write_text(re.sub(r"^(\s*)\w+\.thisown = True$", r"\1pass", source, flags=re.M), encoding="utf-8")
-    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+THISOWN = re.compile(r"^(\s*)\w+\.thisown = True$", re.M)
 
 
-def sequitur(order: int, limit: int | None) -> None:
-    g2p = shutil.which("g2p.py")
-    if g2p is None:
-        sys.exit("g2p.py not found: pip install sequitur-g2p")
+def sequitur_env(python: str, folder: Path) -> tuple[Path, dict]:
+    """``g2p.py`` beside ``python`` and the environment to run it in: as it is when that Sequitur has upstream's
+    fixes, else with a copy of its ``sequitur.py`` without the ``thisown`` assignments first on its path."""
+    g2p = Path(shutil.which(python) or python).parent / "g2p.py"
+    if shutil.which(python) is None or not g2p.is_file():
+        sys.exit(f"{g2p} not found: --python (or SEQUITUR_PYTHON) names the Python of an environment holding Sequitur "
+                 "(docs/benchmarks.md, G2P, says how to build it with upstream's fixes)")
+    found = subprocess.run([python, "-c", "import importlib.util as u; s = u.find_spec('sequitur'); print(s.origin if s else '')"],
+                           capture_output=True, text=True)
+    if found.returncode or not found.stdout.strip():
+        sys.exit(f"sequitur not importable by {python}: install Sequitur in that environment")
+    source = Path(found.stdout.strip()).read_text(encoding="utf-8")
+    if not THISOWN.search(source):
+        return g2p, dict(os.environ)
+    print("this Sequitur sets thisown (no upstream fix): run with those assignments removed, which never frees "
+          "its objects; on more than a few thousand words use a Sequitur built with upstream's fixes")
+    folder.mkdir(exist_ok=True)
+    (folder / "sequitur.py").write_text(THISOWN.sub(r"\1pass", source), encoding="utf-8")
+    return g2p, {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def measured(command: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Run ``command`` with its stdout and stderr to ``log``; its wall seconds and peak resident memory (GB)."""
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+        sys.exit(f"{tail}\n{' '.join(command)} failed (exit status {process.returncode}); its output: {log}")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024**2  # ru_maxrss: KiB on Linux
+
+
+def sequitur(order: int, limit: int | None, python: str, models: Path | None) -> None:
     test = references(read_pairs(DATA / "test.tsv"))
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        env = patched_sequitur(tmp / "patched")
-        lexicon(read_pairs(DATA / "train.tsv"), tmp / "train.lex", limit)
-        lexicon(read_pairs(DATA / "valid.tsv"), tmp / "valid.lex")
-        (tmp / "test.words").write_text("".join(f"{''.join(word)}\n" for word in test), encoding="utf-8")
-        print(f"Sequitur G2P, {len(test):,} test words; {'first ' + str(limit) if limit else 'all'} train words")
-        print(f"{'order':>5} {'train s':>8} {'apply s':>8} {'PER':>7} {'WER':>7} {'no answer':>10}")
-        model = None
+        folder = models or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        g2p, env = sequitur_env(python, Path(tmp) / "patched")
+        lexicon(read_pairs(DATA / "train.tsv"), Path(tmp) / "train.lex", limit)
+        train = Path(tmp) / "train.lex"
+        if (folder / "train.lex").exists() and (folder / "train.lex").read_bytes() != train.read_bytes():
+            sys.exit(f"{folder} holds models trained on other words (its train.lex differs): use another --models folder")
+        train.replace(folder / "train.lex")
+        lexicon(read_pairs(DATA / "valid.tsv"), folder / "valid.lex")
+        (folder / "test.words").write_text("".join(f"{''.join(word)}\n" for word in test), encoding="utf-8")
+        print(f"Sequitur G2P ({g2p}), {len(test):,} test words; {'first ' + str(limit) if limit else 'all'} train words")
+        print(f"{'order':>5} {'train s':>8} {'peak GB':>8} {'apply s':>8} {'PER':>7} {'WER':>7} {'no answer':>10}")
         for n in range(1, order + 1):
-            started = time.perf_counter()
-            command = [sys.executable, g2p, "--train", str(tmp / "train.lex"), "--devel", str(tmp / "valid.lex"),
-                       "--write-model", str(tmp / f"model-{n}")]
-            command += ["--model", str(model), "--ramp-up"] if model else []
-            subprocess.run(command, check=True, capture_output=True, env=env)
-            trained = time.perf_counter() - started
-            model = tmp / f"model-{n}"
-            started = time.perf_counter()
-            out = subprocess.run([sys.executable, g2p, "--model", str(model), "--apply", str(tmp / "test.words")],
-                                 check=True, capture_output=True, text=True, env=env).stdout
-            applied = time.perf_counter() - started
+            model = folder / f"model-{n}"
+            if model.exists():
+                trained, peak = "kept", ""
+            else:
+                command = [python, str(g2p), "--train", str(folder / "train.lex"), "--devel", str(folder / "valid.lex"),
+                           "--write-model", str(folder / f"model-{n}.part")]
+                command += ["--model", str(folder / f"model-{n - 1}"), "--ramp-up"] if n > 1 else []
+                seconds, gigabytes = measured(command, env, folder / f"train-{n}.log")
+                (folder / f"model-{n}.part").replace(model)
+                trained, peak = f"{seconds:.0f}", f"{gigabytes:.2f}"
+            applied, _ = measured([python, str(g2p), "--model", str(model), "--apply", str(folder / "test.words")],
+                                  env, folder / f"test-{n}.out")
             found = {}
-            for line in out.splitlines():
-                word, _, phones = line.partition("\t")
-                found[tuple(word)] = tuple(phones.split())
+            for line in (folder / f"test-{n}.out").read_text(encoding="utf-8").splitlines():
+                word, tab, phones = line.partition("\t")
+                if tab:  # Sequitur's notes (a word it failed to convert) have no tab
+                    found[tuple(word)] = tuple(phones.split())
             rates = error_rates([found.get(word, ()) for word in test], list(test.values()))  # no answer: scored as empty
             missing = sum(word not in found for word in test)
-            print(f"{n:>5} {trained:>8.0f} {applied:>8.1f} {rates.token_error_rate:>7.2%} {rates.sequence_error_rate:>7.2%} {missing:>10,}",
-                  flush=True)
+            print(f"{n:>5} {trained:>8} {peak:>8} {applied:>8.1f} {rates.token_error_rate:>7.2%} "
+                  f"{rates.sequence_error_rate:>7.2%} {missing:>10,}", flush=True)
     for scores in sorted((ROOT / "models" / "seq2seq").glob("*/scores.json")):
         s = json.loads(scores.read_text())
         print(f"{s['model']:>24}: PER {s['test']['per']:.2%}  WER {s['test']['wer']:.2%}")
@@ -123,8 +156,12 @@ def main() -> None:
     peer = commands.add_parser("sequitur")
     peer.add_argument("--order", type=int, default=5)
     peer.add_argument("--limit", type=int, default=None, help="train on the first N train words")
+    peer.add_argument("--python", default=os.environ.get("SEQUITUR_PYTHON", sys.executable),
+                      help="the Python of the environment holding Sequitur (default: $SEQUITUR_PYTHON, else this one)")
+    peer.add_argument("--models", type=Path, default=None,
+                      help="keep the models here; a model-N already here is scored, not trained again")
     args = parser.parse_args()
-    speed() if args.command == "speed" else sequitur(args.order, args.limit)
+    speed() if args.command == "speed" else sequitur(args.order, args.limit, args.python, args.models)
 
 
 if __name__ == "__main__":
