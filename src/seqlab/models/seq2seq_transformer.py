@@ -7,6 +7,8 @@ teacher-forced ``forward``), so the one trainer loop, decoder and scorer serve b
     attention over the source states, then the feed-forward block) -> log-softmax
 
 ``hidden_dim`` is the model width d, ``heads`` the attention heads, the feed-forward width 4 d;
+embeddings start at N(0, 1/d), so scaled by sqrt(d) they are as large as the positions (torch's
+default N(0, 1) would drown the positions, and a word's letters would lose their order);
 ``encoder_layers`` and ``decoder_layers`` stack. A decoding step runs the decoder over the whole
 prefix (targets are short: a word's phonemes), so it gives the teacher-forced scores exactly; the
 state is the prefix. The alignment is the last decoder layer's source attention, averaged over heads.
@@ -63,6 +65,9 @@ class TransformerEncoderDecoder(nn.Module):
         self.scale = math.sqrt(width)
         self.source_embed = nn.Embedding(c.source_vocab, width, padding_idx=PAD)
         self.target_embed = nn.Embedding(c.target_vocab, width, padding_idx=PAD)
+        for embedding in (self.source_embed, self.target_embed):
+            nn.init.normal_(embedding.weight, std=width ** -0.5)
+            nn.init.zeros_(embedding.weight[PAD])
         layer = nn.TransformerEncoderLayer(width, c.heads, ff_dim, c.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, c.encoder_layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
         self.decoder = nn.ModuleList(DecoderLayer(width, c.heads, ff_dim, c.dropout) for _ in range(c.decoder_layers))
