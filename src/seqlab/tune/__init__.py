@@ -1,4 +1,4 @@
-"""Hyperparameter search over the neural LM, by concern:
+"""Hyperparameter search over either task (the neural LM, the encoder-decoder), by concern:
 
 - ``space``: what a search may vary and how it is written (no Ray);
 - ``best``: the search's result put into params, for the train stage (no Ray);
