@@ -43,7 +43,7 @@ def main() -> None:
     space = load_space(tune, searchable_keys(task), stage.PARAMS_FILE, section)
     with stage.tracked(section, params, section, outs=(best_file, metrics_file, trials_file, plot_file)) as run:
         if not space.dimensions:
-            print(f"{section}: optimization_config is empty; training uses params.yaml as is")
+            print(f"{section}: optimization_config is empty; {'train' if task == 'lm' else 'seq2seq'} uses params.yaml as is")
             table = pd.DataFrame(columns=["trial", "status", "rounds", "valid_ppl"])
             best, summary = {"trial": None, "config": {}}, {"trials": 0}
         else:
@@ -86,7 +86,7 @@ def main() -> None:
         run.tag_data_hashes("outs", [best_file, metrics_file, trials_file, plot_file])
     if changes:
         print(f"{section}: best trial {best['trial']} (valid ppl {best['valid_ppl']:.2f} at round {best['round']}); "
-              f"training will use {', '.join(f'{k}={v}' for k, v in changes.items())}")
+              f"{'train' if task == 'lm' else 'seq2seq'} will use {', '.join(f'{k}={v}' for k, v in changes.items())}")
 
 
 if __name__ == "__main__":
