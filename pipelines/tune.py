@@ -24,6 +24,7 @@ from seqlab.tune.search import pair_search_data, run_search, search_data
 from seqlab.tune.space import load_space, overrides
 from seqlab.vocab import load_vocab
 
+TRAINED_BY = {"lm": "train", "seq2seq": "seq2seq"}  # the stage that trains on the best configuration
 OUTPUTS = {  # task -> best config, metrics, trials table, plot
     "lm": (paths.TUNE_BEST, "metrics/tune.json", "metrics/tune_trials.csv", "plots/tune.png"),
     "seq2seq": (paths.SEQ2SEQ_TUNE_BEST, "metrics/seq2seq/tune.json", "metrics/seq2seq/tune_trials.csv", "plots/seq2seq/tune.png"),
@@ -43,7 +44,7 @@ def main() -> None:
     space = load_space(tune, searchable_keys(task), stage.PARAMS_FILE, section)
     with stage.tracked(section, params, section, outs=(best_file, metrics_file, trials_file, plot_file)) as run:
         if not space.dimensions:
-            print(f"{section}: optimization_config is empty; {'train' if task == 'lm' else 'seq2seq'} uses params.yaml as is")
+            print(f"{section}: optimization_config is empty; {TRAINED_BY[task]} uses params.yaml as is")
             table = pd.DataFrame(columns=["trial", "status", "rounds", "valid_ppl"])
             best, summary = {"trial": None, "config": {}}, {"trials": 0}
         else:
@@ -86,7 +87,7 @@ def main() -> None:
         run.tag_data_hashes("outs", [best_file, metrics_file, trials_file, plot_file])
     if changes:
         print(f"{section}: best trial {best['trial']} (valid ppl {best['valid_ppl']:.2f} at round {best['round']}); "
-              f"{'train' if task == 'lm' else 'seq2seq'} will use {', '.join(f'{k}={v}' for k, v in changes.items())}")
+              f"{TRAINED_BY[task]} will use {', '.join(f'{k}={v}' for k, v in changes.items())}")
 
 
 if __name__ == "__main__":
