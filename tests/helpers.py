@@ -137,6 +137,7 @@ def make_project(root: Path, **changes) -> Path:
     params["seq2seq_train"].update(batch_size=4, tokens=120, eval_every=60, eval_batch_size=4, checkpoint_every=5)
     params["seq2seq_tune"].update(tokens=120, eval_every=60, num_samples=2, train_tokens=None,
                                   optimization_config={"lr": {"min": 1.0e-3, "max": 1.0e-2}, "hidden_dim": {"values": [8, 16]}})
+    params["seq2seq_baselines"]["transformer"] = {"kind": "transformer", "encoder_layers": 2, "decoder_layers": 2}  # the opt-in entry
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         params[section][key] = value
