@@ -1,7 +1,9 @@
 import json
 import os
+import re
 
 import kenlm
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,12 @@ def test_arpa_round_trip_scores_identically(tmp_path, estimator):
         (lambda text: text.replace("\t<unk>\t", "\tzzz\t", 1), "word 'zzz' is not in the vocabulary"),
         (lambda text: text.replace("\\data\\", "").replace("ngram 1=", "nonsense 1="), "unexpected text before"),
         (lambda text: "hello\n", "unexpected text before \\data\\"),
+        # the header counts order 1 only, the body has 2 and 3: never read as a unigram model
+        (lambda text: re.sub(r"ngram [23]=\d+\n", "", text), "a \\2-grams: section the header does not count"),
+        (lambda text: "\\data\\\nngram 1=0\n\n\\end\\\n", "the header must count the 1-grams (at least one)"),
+        (lambda text: re.sub(r"(\\1-grams:\n)[^\t]+", r"\1nan", text), "log10 probability nan is not the log of a probability"),
+        (lambda text: re.sub(r"(\\2-grams:\n)[^\t]+", r"\g<1>0.5", text), "log10 probability 0.5 is not the log of a probability"),
+        (lambda text: re.sub(r"(\\1-grams:\n[^\t]+\t[^\t]+\t)[^\n]+", r"\1inf", text), "back-off weight inf is not finite"),
     ],
 )
 def test_damaged_arpa_is_refused_in_one_line(tmp_path, damage, message):

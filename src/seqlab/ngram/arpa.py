@@ -83,18 +83,29 @@ def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramM
                 raise SeqLabError(f"{path}: line {number}: malformed {section}-gram entry") from None
             if len(words) != section:
                 raise SeqLabError(f"{path}: line {number}: malformed {section}-gram entry: {len(words)} words")
+            if not logp <= 0:  # NaN fails this too; -inf (probability 0) is allowed
+                raise SeqLabError(f"{path}: line {number}: log10 probability {fields[0]} is not the log of a probability (must be <= 0)")
+            if not math.isfinite(logbo):
+                raise SeqLabError(f"{path}: line {number}: back-off weight {logbo} is not finite")
             entries[section].append((words, logp, logbo))
         else:
             raise SeqLabError(f"{path}: line {number}: unexpected text before \\data\\")
     if not expected:
         raise SeqLabError(f"{path}: not an ARPA file (no \\data\\ section)")
+    order = max(expected)
+    if sorted(expected) != list(range(1, order + 1)) or expected[1] == 0:
+        listed = ", ".join(f"ngram {k}={n}" for k, n in sorted(expected.items()))
+        raise SeqLabError(f"{path}: the header must count the 1-grams (at least one) and every order up to the highest; it lists {listed}")
+    unlisted = sorted(set(entries) - set(expected))
+    if unlisted:
+        raise SeqLabError(f"{path}: a \\{unlisted[0]}-grams: section the header does not count "
+                          f"(it lists orders 1 to {order}; add 'ngram {unlisted[0]}=COUNT')")
     for order, n in expected.items():
         found = len(entries.get(order, []))
         if found != n:
             raise SeqLabError(f"{path}: truncated or malformed: header promises {n} {order}-grams, found {found}")
     if not ended:
         raise SeqLabError(f"{path}: truncated: no \\end\\ marker")
-    order = max(expected)
     tables = [unigram_table(np.zeros(size, np.int64))]
     logps, logbos = [np.full(size, -np.inf)], [np.zeros(size)]
     for words, p, b in entries[1]:
