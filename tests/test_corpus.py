@@ -84,6 +84,15 @@ def test_bad_corpus_files_name_the_file(corpus_dir, content, message):
     assert str(corpus_dir / "train.txt") in str(info.value) and message in str(info.value)
 
 
+def test_a_byte_order_mark_is_not_read_as_text(corpus_dir):
+    """An editor's UTF-8 byte-order mark would otherwise stick to the first word as a token of its own."""
+    text = (corpus_dir / "train.txt").read_text(encoding="utf-8")
+    (corpus_dir / "train.txt").write_text("\ufeff" + text, encoding="utf-8")
+    corpus = load_directory(corpus_dir)
+    assert corpus.splits["train"][0] == text.splitlines()[0]
+    assert not any("\ufeff" in line for line in corpus.splits["train"])
+
+
 def test_missing_corpus(tmp_path):
     with pytest.raises(SeqLabError, match="corpus directory not found"):
         load_directory(tmp_path / "nope")

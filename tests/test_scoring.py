@@ -1,10 +1,12 @@
+import json
 import math
 
 import numpy as np
 import pytest
 
 from seqlab.errors import SeqLabError
-from seqlab.scoring import eval_set, score
+from seqlab.io import write_json
+from seqlab.scoring import Summary, eval_set, read_summary, score
 from seqlab.vocab import build_vocab
 
 VOCAB = build_vocab([["a", "b", "a"]])
@@ -27,7 +29,7 @@ def test_counting_convention_and_units():
     assert scores.bits_per_char == pytest.approx(2.0 * 5 / 10)
 
 
-def test_zero_probability_gives_inf_with_a_warning():
+def test_zero_probability_gives_inf_with_a_warning(tmp_path):
     class Zero(Uniform):
         def log_probs(self, segments):
             out = super().log_probs(segments)
@@ -37,6 +39,14 @@ def test_zero_probability_gives_inf_with_a_warning():
     with pytest.warns(UserWarning, match="1 of 5 tokens have zero probability; perplexity is inf"):
         scores = score(Zero(), eval_set([["a", "zebra"], ["b"]], VOCAB, 8), "zero")
     assert scores.ppl == math.inf and scores.zero_prob_tokens == 1
+
+    # scores.json is standard JSON (null, not Infinity), and the readers get the infinity back
+    write_json(tmp_path / "scores.json", Summary("ngram-mle-2", "ngram", "mle", 2, "seqlab-ngram", {}, VOCAB.sha256,
+                                                 scores, scores).as_dict())
+    strict = json.loads((tmp_path / "scores.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in scores.json"))
+    assert strict["test"]["ppl"] is None and strict["test"]["xent_nats"] is None and strict["test"]["zero_prob_tokens"] == 1
+    summary = read_summary(tmp_path)
+    assert summary["test"]["ppl"] == math.inf and summary["valid"]["xent_bits"] == math.inf
 
 
 def test_empty_split_is_refused():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -50,7 +51,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    """``obj`` as standard JSON: a float that is not finite (a perplexity of a model that gives some
+    token zero probability) is written as ``null``, which every parser reads, never as ``Infinity``."""
+    write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_json(path: str | os.PathLike):
@@ -62,7 +75,8 @@ def read_json(path: str | os.PathLike):
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file, refusing missing, binary and non-UTF-8 files with one clear line."""
+    """Read a UTF-8 text file, without a byte-order mark; missing, binary and non-UTF-8 files are
+    refused with one clear line."""
     path = Path(path)
     if not path.exists():
         raise SeqLabError(f"{path}: file not found")
@@ -73,7 +87,7 @@ def read_text(path: str | os.PathLike) -> str:
     if nul >= 0:
         raise SeqLabError(f"{path}: binary file (NUL byte at offset {nul}), expected UTF-8 text")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not text (nor a token)
     except UnicodeDecodeError as err:
         raise SeqLabError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from None
 

@@ -171,6 +171,7 @@ class Summary:
 
 
 SUMMARY_KEYS = ("model", "family", "estimator", "order", "registered_model", "vocab_sha256", "valid", "test")
+INFINITE_WITH_ZEROS = ("ppl", "xent_nats", "xent_bits", "bits_per_char")  # written null in scores.json
 SCORE_KEYS = ("tokens", "oov_tokens", "zero_prob_tokens", "fingerprint", "ppl", "xent_nats", "xent_bits", "bits_per_char")
 
 
@@ -188,4 +189,8 @@ def read_summary(folder) -> dict:
                 for key in SCORE_KEYS if key not in summary[split]]
     if missing:
         raise SeqLabError(f"{path}: not a model summary: {', '.join(missing)} missing; rerun the stage that wrote it")
+    for split in ("valid", "test"):  # JSON has no infinity: null, with zero_prob_tokens > 0 saying why
+        scores = summary[split]
+        if scores["zero_prob_tokens"]:
+            scores.update({key: math.inf for key in INFINITE_WITH_ZEROS if scores[key] is None})
     return summary
