@@ -79,3 +79,16 @@ def test_a_neural_checkpoint_scores_and_a_damaged_or_foreign_one_is_one_line(wor
     foreign = seqlab(workspace, "model.pt")
     assert foreign.returncode == 1 and foreign.stderr.count("\n") == 1 and foreign.stdout == ""
     assert foreign.stderr.startswith(f"error: model.pt: trained with vocabulary {vocab.sha256[:12]}, but the vocabulary given is ")
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_a_batch_size_below_one_is_one_line(workspace, size):
+    result = seqlab(workspace, "m.npz", "--batch-size", size)
+    assert result.returncode == 1 and result.stderr == f"error: --batch-size must be at least 1 (got {size})\n"
+
+
+def test_random_bytes_named_model_pt_are_one_line_without_unsafe_advice(workspace):
+    (workspace / "model.pt").write_bytes(bytes(range(256)) * 8)
+    result = seqlab(workspace, "model.pt")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: model.pt: not a readable checkpoint") and "weights_only" not in result.stderr

@@ -1,5 +1,7 @@
 """`seqlab predict` / `seqlab generate`: next-token lists, sampling, heatmaps, bad models."""
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,3 +174,25 @@ def test_a_negative_top_k_is_one_line(in_project, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--context", "the", "--top-k", "-1"])
     assert capsys.readouterr().err.strip() == "error: --top-k must be 0 (all) or more (got -1)"
+
+
+@pytest.mark.parametrize("option, value, line", [
+    ("--temperature", "nan", "error: --temperature must be a positive number (got nan)"),
+    ("--temperature", "inf", "error: --temperature must be a positive number (got inf)"),
+    ("--temperature", "0", "error: --temperature must be a positive number (got 0.0)"),
+    ("--top-k", "-5", "error: --top-k must be 0 (all) or more (got -5)"),
+])
+def test_bad_sampling_options_are_one_line(in_project, capsys, option, value, line):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["generate", "--prompt", "the", option, value])
+    assert exit_status.value.code == 1 and capsys.readouterr().err.strip() == line
+
+
+def test_a_reader_that_closes_the_pipe_ends_predict_quietly(in_project):
+    """`seqlab predict --top-k 0 | head -3`: the reader is gone before the list is written."""
+    seqlab = Path(sys.executable).parent / "seqlab"
+    child = subprocess.Popen([str(seqlab), "predict", "--context", "the cat", "--top-k", "0"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child can write a line
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and err == ""  # 128 + SIGPIPE, as a shell tool ends; no traceback

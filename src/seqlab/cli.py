@@ -33,6 +33,8 @@ def _score(args: argparse.Namespace) -> None:
     from seqlab.tokenize import read_stream
     from seqlab.vocab import load_vocab
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SeqLabError(f"--batch-size must be at least 1 (got {args.batch_size})")
     vocab = load_vocab(args.vocab)
     batch_size = args.batch_size
     if batch_size is None:  # the pipeline's: a neural model's streams each start from a fresh state
@@ -60,11 +62,12 @@ def _predict(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import sys
 
-    from seqlab.generate import NOT_NEURAL, detokenize, generate, plot_attention
+    from seqlab.generate import NOT_NEURAL, check_sampling, detokenize, generate, plot_attention
     from seqlab.loading import load
 
     if args.max_tokens < 1:
         raise SeqLabError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
+    check_sampling(args.temperature, args.top_k)
     loaded = load(args.model, args.vocab, args.tokenizer)
     if loaded.network is None:
         raise SeqLabError(f"{args.model}: {NOT_NEURAL}")
@@ -111,6 +114,7 @@ def _transduce(args: argparse.Namespace) -> None:
 
 def _ui(args: argparse.Namespace) -> None:
     import shutil
+    import signal
     import tempfile
 
     import mlflow
@@ -121,12 +125,16 @@ def _ui(args: argparse.Namespace) -> None:
 
     uri = tracking_uri(project_root())
     base = f"http://{ui.HOST}:{args.port}"
+    signal.signal(signal.SIGTERM, _terminated)  # `kill` stops the server too, as Ctrl-C does
     if args.screenshot is None:
         server = ui.serve(uri, args.port)
-        print(f"MLflow UI on {base} (Ctrl-C to stop)")
+        print(f"MLflow UI on {base} (Ctrl-C to stop)", flush=True)
         try:
             if server.wait() != 0:
                 raise SeqLabError(f"mlflow server on {ui.HOST}:{args.port} stopped with exit status {server.returncode}")
+        except KeyboardInterrupt:
+            print("MLflow UI stopped")
+            return
         finally:
             ui.stop(server)
         return
@@ -143,6 +151,10 @@ def _ui(args: argparse.Namespace) -> None:
         ui.stop(server)
         shutil.rmtree(logs, ignore_errors=True)
     print(f"screenshot of {ui.runs_url(base, experiment.experiment_id)}: {args.screenshot}")
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the ``finally`` blocks that stop child processes
 
 
 def _neural_options(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ attention cache: no step re-reads the prefix.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +54,20 @@ class Generation:
         return len(self.generated) / self.generate_seconds if self.generate_seconds else float("inf")
 
 
+def check_sampling(temperature: float, top_k: int) -> None:
+    """The sampling options, refused in one line before any model is loaded."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise SeqLabError(f"--temperature must be a positive number (got {temperature})")
+    if top_k < 0:
+        raise SeqLabError(f"--top-k must be 0 (all) or more (got {top_k})")
+
+
 @torch.no_grad()
 def generate(loaded: Loaded, prompt: str, max_tokens: int = 60, temperature: float = 1.0, top_k: int = 0,
              seed: int | None = None, need_weights: bool = False) -> Generation:
     """Sample ``max_tokens`` tokens after ``prompt``. ``<unk>`` and ``<s>`` are never sampled; after a
     sampled ``</s>`` the model is fed ``<s>`` and goes on with a new sequence."""
-    if temperature <= 0:
-        raise SeqLabError(f"--temperature must be positive (got {temperature})")
+    check_sampling(temperature, top_k)
     model, vocab = loaded.network, loaded.vocab
     if model is None:
         raise SeqLabError(NOT_NEURAL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,32 +38,46 @@ def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: 
                "--host", HOST, "--port", str(port), "--workers", "1"]
     out = open(log, "w") if log else None
     try:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None)
+        # a session of its own: a Ctrl-C at the terminal reaches this process, which stops the server
+        # (and the workers it forks) as one group, instead of each of them dying with a traceback
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
     finally:
         if out:
             out.close()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            last = (Path(log).read_text().strip().splitlines() or ["no output"])[-1] if log else f"exit status {server.returncode}"
-            raise SeqLabError(f"mlflow server on {HOST}:{port} stopped at start: {last}")
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as answer:
-                if answer.status == 200 and server.poll() is None:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    stop(server)
-    raise SeqLabError(f"mlflow server on {HOST}:{port} did not answer within {timeout:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                last = (Path(log).read_text().strip().splitlines() or ["no output"])[-1] if log else f"exit status {server.returncode}"
+                raise SeqLabError(f"mlflow server on {HOST}:{port} stopped at start: {last}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as answer:
+                    if answer.status == 200 and server.poll() is None:
+                        return server
+            except OSError:
+                time.sleep(0.5)
+        raise SeqLabError(f"mlflow server on {HOST}:{port} did not answer within {timeout:.0f} s")
+    except BaseException:  # a Ctrl-C or SIGTERM while it starts, too
+        stop(server)
+        raise
 
 
 def stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    """Stop the server and every process of its group: SIGTERM, then SIGKILL after 30 s."""
+    for signum, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+        try:
+            os.killpg(server.pid, signum)
+        except ProcessLookupError:  # the group is gone already
+            pass
+        try:
+            server.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # workers that outlived the server still hold the port
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def chromium() -> str:

@@ -39,7 +39,10 @@ def read_checkpoint(path: str | Path, map_location="cpu", format: str = FORMAT) 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # damaged bytes can break the unpickler anywhere: KeyError, IndexError, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err).split("WeightsUnpickler error:", 1)[-1]  # torch's advice before it (weights_only=False) is never passed on
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+        if "weights_only" in reason:
+            reason = type(err).__name__
         if not isinstance(err, (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)):
             reason = f"{type(err).__name__}: {reason}"
         raise SeqLabError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason[:200]}") from None
