@@ -197,8 +197,14 @@ def test_kill_9_in_training_then_dvc_repro_resumes_to_the_same_metrics(tmp_path)
         os.killpg(process.pid, signal.SIGKILL)  # dvc and the stage under it, as a killed job or a lost machine
     process.wait()
     assert resume.exists() and not (root / "models" / "neural").exists(), "the kill did not land in training"
+    left = runs(root)
+    left = set(left[left.status == "RUNNING"].run_id)
+    assert len(left) == 2  # the dead pipeline's parent run and its train stage
 
     resumed = dvc(root, "repro", "train")
+    after = runs(root).set_index("run_id").status
+    assert (after[list(left)] == "KILLED").all()  # marked by the next run, which finished
+    assert not (after == "RUNNING").any()
     (line,) = [line for line in resumed.stdout.splitlines() if ": resuming from step" in line]
     print(line)  # where the kill landed: pytest -s shows it
     assert line.startswith("checkpoints/train/last.pt: resuming from step ")

@@ -49,6 +49,7 @@ HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACK
 # After a stage failed, marking its runs FAILED is tried once, briefly: the server may be the failure.
 CLEANUP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 PROBE_SECONDS = 5.0
+PROBE_BYTES = 1 << 16  # what a local store's folder must take: a few of SQLite's pages
 
 
 def shown(uri: str) -> str:
@@ -76,8 +77,36 @@ def connect(root: Path | None = None) -> str:
         if reason:
             raise SeqLabError(f"MLFLOW_TRACKING_URI: the tracking server {shown(uri)} does not answer ({reason}); "
                               "start it, or unset MLFLOW_TRACKING_URI to track in mlruns/")
+    elif local_folder(uri) is not None:
+        writable(local_folder(uri))
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def local_folder(uri: str) -> Path | None:
+    """The folder a local store writes in: a SQLite file's, or a file store's; None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent
+    url = urlsplit(uri)
+    return Path(url.path) if url.scheme in ("file", "") else None
+
+
+def writable(folder: Path) -> None:
+    """A local tracking store's folder can take a write (not read-only, not full), or one line naming
+    it; SQLite would otherwise fail deep inside MLflow, after many lines of retries."""
+    import tempfile
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:  # the store's folder is made by the first run
+        probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe) as handle:
+            handle.write(bytes(PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise SeqLabError(f"{folder}: the tracking store cannot be written here ({err.strerror}); "
+                          "free space or make it writable, or set MLFLOW_TRACKING_URI to another store") from None
 
 
 @contextlib.contextmanager
@@ -85,10 +114,11 @@ def tracking_errors(uri: str) -> Iterator[None]:
     """MLflow and HTTP failures inside the block as one line naming the store."""
     from mlflow.exceptions import MlflowException
     from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         yield
-    except (MlflowException, RequestException) as err:
+    except (MlflowException, RequestException, SQLAlchemyError) as err:  # a database's: "database or disk is full"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SeqLabError(f"MLflow tracking at {shown(uri)}: {first[:400]}") from err
 
@@ -271,8 +301,41 @@ def _experiment_id(client, name: str, artifacts: str | None) -> str:
     return client.create_experiment(name, artifact_location=artifacts)
 
 
+def alive(key: str) -> bool:
+    """Whether the process a pipeline key names (``host:pid:start ms``) still runs; a key of another
+    host, or one set by hand (``SEQLAB_PIPELINE_KEY``), counts as alive: it cannot be told here."""
+    import psutil
+
+    parts = key.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not (parts[1].isdigit() and parts[2].isdigit()):
+        return True
+    try:
+        return int(psutil.Process(int(parts[1])).create_time() * 1000) == int(parts[2])
+    except psutil.NoSuchProcess:
+        return False
+
+
+def close_abandoned(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs that a pipeline killed on this machine (``kill -9``) left RUNNING: its parent
+    run and every run under it. Returns their ids."""
+    closed = []
+    pipelines = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and tags.`seqlab.run_kind` = 'pipeline'")
+    for run in pipelines:
+        if alive(run.data.tags.get(PIPELINE_KEY_TAG, "")):
+            continue
+        level = [run.info.run_id]
+        while level:  # the stages' runs, then the search's trials under them
+            closed += level
+            level = [child.info.run_id for parent in level for child in client.search_runs(
+                [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent}'")]
+    for run_id in closed:
+        client.set_terminated(run_id, "KILLED")
+    return closed
+
+
 def _parent_run(client, experiment_id: str, all_params: Mapping, tags: Mapping[str, str]) -> str:
     key = pipeline_key()
+    close_abandoned(client, experiment_id)
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1
     )
