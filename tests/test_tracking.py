@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pytest
@@ -81,3 +82,53 @@ def test_a_tracking_server_that_is_down_is_one_line_without_its_password(monkeyp
     assert str(err.value) == (f"MLFLOW_TRACKING_URI: the tracking server http://127.0.0.1:{port}/mlflow does not answer "
                               "(Connection refused); start it, or unset MLFLOW_TRACKING_URI to track in mlruns/")
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device")])
+def test_a_local_store_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, code, words):
+    """Before MLflow is touched: SQLite on a read-only or full disk otherwise fails after pages of retries."""
+    from seqlab.errors import SeqLabError
+    from seqlab.tracking import connect
+
+    def refused(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", refused)
+    with pytest.raises(SeqLabError) as err:
+        connect(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'mlruns'}: the tracking store cannot be written here ({words}); "
+                              "free space or make it writable, or set MLFLOW_TRACKING_URI to another store")
+
+
+def test_runs_a_killed_pipeline_left_running_are_marked_killed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+    from mlflow import MlflowClient
+
+    from seqlab.tracking import PIPELINE_KEY_TAG, close_abandoned
+
+    def key(process: psutil.Process) -> str:
+        return f"{socket.gethostname()}:{process.pid}:{int(process.create_time() * 1000)}"
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_key = key(psutil.Process(gone.pid))
+    gone.wait()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("t")
+
+    def run(pipeline_key=None, parent=None):
+        tags = {"seqlab.run_kind": "pipeline", PIPELINE_KEY_TAG: pipeline_key} if pipeline_key else {"mlflow.parentRunId": parent}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    dead = run(dead_key)
+    stage = run(parent=dead)
+    trial = run(parent=stage)
+    live = run(key(psutil.Process()))  # this process: a pipeline still running
+    live_stage = run(parent=live)
+    by_hand = run("ci-nightly")  # SEQLAB_PIPELINE_KEY: cannot be told, left alone
+    assert sorted(close_abandoned(client, experiment)) == sorted([dead, stage, trial])
+    status = {r: client.get_run(r).info.status for r in (dead, stage, trial, live, live_stage, by_hand)}
+    assert status == {dead: "KILLED", stage: "KILLED", trial: "KILLED", live: "RUNNING", live_stage: "RUNNING", by_hand: "RUNNING"}
