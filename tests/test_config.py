@@ -69,6 +69,8 @@ def test_out_of_range_and_cross_field_checks(tmp_path):
     assert "valid_plays and test_plays each need at least one play" in error_of(write_params(tmp_path, no_test))
     bad_regex = lambda p: p["tokenize"].update(pattern="(")  # noqa: E731
     assert "tokenize.pattern: not a valid regular expression" in error_of(write_params(tmp_path, bad_regex))
+    empty = lambda p: p["tokenize"].update(pattern=r"\w*")  # noqa: E731
+    assert "tokenize.pattern: the pattern matches the empty string" in error_of(write_params(tmp_path, empty))
 
 
 def test_unknown_play_is_named(tmp_path):

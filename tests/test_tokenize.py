@@ -138,3 +138,10 @@ def test_word_and_bpe_tokenizers_take_any_text(text):
         line, tokens = through_the_pipeline(tokenizer, text)
         assert isinstance(tokenizer.detokenize(tokens), str)
     assert BPE.detokenize(tokens) == line  # byte-level: nothing is lost, not even what train never had
+
+
+def test_a_pattern_with_groups_still_gives_whole_matches():
+    """Capture groups in tokenize.pattern change what re.findall returns (tuples); tokens stay the matches."""
+    grouped, plain = WordTokenizer(r"(\w)(\w*)"), WordTokenizer(r"\w+")
+    assert grouped.tokenize("the cat sat") == plain.tokenize("the cat sat") == ["the", "cat", "sat"]
+    assert WordTokenizer(r"(a|b)+").tokenize("abba c ab") == ["abba", "ab"]

@@ -76,9 +76,11 @@ class TokenizeParams(_Section):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
+            compiled = re.compile(value)
         except re.error as err:
             raise ValueError(f"not a valid regular expression: {err}") from None
+        if compiled.fullmatch(""):
+            raise ValueError("the pattern matches the empty string, so every position would be a token; use + rather than *")
         return value
 
 

@@ -43,7 +43,10 @@ class WordTokenizer:
         self._regex = re.compile(self.pattern)
 
     def tokenize(self, line: str) -> list[str]:
-        return self._regex.findall(line.lower() if self.lowercase else line)
+        text = line.lower() if self.lowercase else line
+        if self._regex.groups:  # a pattern with groups: the token is still the whole match, not the groups
+            return [match.group(0) for match in self._regex.finditer(text)]
+        return self._regex.findall(text)
 
     def detokenize(self, tokens: list[str]) -> str:
         return " ".join(tokens)
