@@ -1,5 +1,9 @@
+import errno
+from pathlib import Path
+
 import pytest
 
+from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, write_json
 
 
@@ -30,3 +34,21 @@ def test_dvc_md5_of_files_and_directories(tmp_path):
     assert dvc_md5(tmp_path / "d" / "b.txt") == "9dd4e461268c8034f5c8564e155c67a6"
     # DVC's own value for this tree (checked against dvc.lock by the pipeline test, too)
     assert dvc_md5(tmp_path / "d").endswith(".dir")
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
+
+    monkeypatch.setattr(Path, "write_text", full)
+    (tmp_path / "metrics.json").write_bytes(b"{}\n")  # the previous output
+
+    @exit_on_error
+    def stage():
+        write_json(tmp_path / "metrics.json", {"ppl": 1.0})
+
+    with pytest.raises(SystemExit) as status:
+        stage()
+    assert status.value.code == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'metrics.json'}: No space left on device\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"] and (tmp_path / "metrics.json").read_bytes() == b"{}\n"

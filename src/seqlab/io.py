@@ -32,6 +32,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             raise RuntimeError(f"{target}: nothing was written")
         remove(target)
         os.replace(staged, target)
+    except OSError as err:
+        if err.filename is None:  # a write() on a full disk does not say where: the output it was for
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
