@@ -314,6 +314,34 @@ def test_kenlm_scores_the_pipeline_arpa_like_the_leaderboard(project):
     assert kenlm_log10 * math.log(10) == pytest.approx(-scores["test"]["nll_nats"], abs=1e-4)
 
 
+def outputs(root: Path) -> dict[str, str]:
+    """Every output dvc.lock lists, with the hash of what is there now."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    paths = sorted({out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])})
+    return {path: dvc_md5(root / path) if (root / path).exists() else None for path in paths}
+
+
+def test_a_refused_param_or_input_leaves_every_earlier_output_in_place(project, tmp_path):
+    """DVC deletes a stage's outputs before running it unless they persist: every one does, and a
+    stage refused at its start, or part way through, leaves the last good run's outputs as they were."""
+    project = copy_project(project, tmp_path / "project")
+    before = outputs(project)
+    assert len(before) > 40 and None not in before.values()
+    good = (project / "params.yaml").read_text()
+    params = yaml.safe_load(good)
+    params["train"]["epochs"] = 0  # a typo: train has no epochs
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = dvc(project, "repro", check=False)
+    assert refused.returncode != 0 and "error: params.yaml: train.epochs: unknown key" in refused.stderr
+    assert outputs(project) == before
+
+    (project / "params.yaml").write_text(good)
+    (project / "data" / "corpus" / "valid.txt").write_bytes(b"the cat \xff sat\n")  # refused once prepare reads it
+    refused = dvc(project, "repro", check=False)
+    assert refused.returncode != 0 and "not UTF-8 text" in refused.stderr
+    assert outputs(project) == before
+
+
 def test_the_grid_drops_what_it_no_longer_holds_and_rebuilds_what_was_removed(project, tmp_path):
     project = copy_project(project, tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -132,3 +132,41 @@ def test_runs_a_killed_pipeline_left_running_are_marked_killed(tmp_path):
     assert sorted(close_abandoned(client, experiment)) == sorted([dead, stage, trial])
     status = {r: client.get_run(r).info.status for r in (dead, stage, trial, live, live_stage, by_hand)}
     assert status == {dead: "KILLED", stage: "KILLED", trial: "KILLED", live: "RUNNING", live_stage: "RUNNING", by_hand: "RUNNING"}
+
+
+def test_a_failed_stage_puts_the_last_good_outputs_back(root, monkeypatch):
+    """DVC leaves outputs in place (persist); a stage that fails after writing some puts the earlier
+    ones back and removes what it added; one that succeeds replaces them."""
+    import json
+
+    from helpers import REPO
+    from seqlab import stage
+    from seqlab.config import load_params
+    from seqlab.io import atomic_path, write_json
+
+    monkeypatch.chdir(root)
+    params = load_params(REPO / "params.yaml")
+    (root / "model").mkdir()
+    (root / "model" / "a.bin").write_bytes(b"old")
+    write_json("metrics.json", {"ppl": 1.0})
+    untouched = (root / "metrics.json").stat().st_ino
+
+    def write_new():
+        with atomic_path("model") as tmp:
+            tmp.mkdir()
+            (tmp / "b.bin").write_bytes(b"new")
+        write_json("added.json", {})
+
+    with pytest.raises(RuntimeError, match="refused input"):
+        with stage.tracked("x", params, "vocab", outs=("model", "metrics.json", "added.json")):
+            write_new()
+            raise RuntimeError("refused input")
+    assert sorted(p.name for p in (root / "model").iterdir()) == ["a.bin"] and (root / "model" / "a.bin").read_bytes() == b"old"
+    assert not (root / "added.json").exists() and (root / "metrics.json").stat().st_ino == untouched
+    assert list((root / ".seqlab" / "kept").iterdir()) == []
+
+    with stage.tracked("x", params, "vocab", outs=("model", "metrics.json", "added.json")):
+        write_new()
+    assert sorted(p.name for p in (root / "model").iterdir()) == ["b.bin"] and (root / "added.json").exists()
+    assert json.loads((root / "metrics.json").read_text()) == {"ppl": 1.0}
+    assert list((root / ".seqlab" / "kept").iterdir()) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -14,7 +16,7 @@ from seqlab.io import remove
 from seqlab.loading import DEFAULT_TOP_K
 from seqlab.registry import LANGUAGE_MODEL, version_tags
 from seqlab.scoring import EvalSet, Summary
-from seqlab.tracking import StageRun, stage_run
+from seqlab.tracking import StageRun, project_root, stage_run
 
 PARAMS_FILE = Path(paths.PARAMS)
 
@@ -62,14 +64,23 @@ def publish(run: StageRun, summary: Summary, folder: str, files: Mapping[str, st
 def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()) -> Iterator[StageRun]:
     """The stage's child run, logging the params ``sections`` it reads.
 
-    If the block fails, those of the stage's ``outs`` that it wrote are removed: a failed stage (bad
-    input, a tracking server gone, an error after the first file) leaves none of its new outputs, not
-    some. Outputs are written by renaming into place, so a written one is a new file (inode) or folder.
+    If the block fails, those of the stage's ``outs`` that it wrote are removed and the ones the last
+    good run wrote are put back: a failed stage (bad input, a tracking server gone, an error after
+    the first file) leaves the outputs as they were, none of its new ones. Outputs are written by
+    renaming into place, so a written one is a new file (inode) or folder, and the earlier one is
+    kept meanwhile as hard links (no data copied) under ``.seqlab/kept/``.
     """
     everything = params.model_dump(by_alias=True, mode="json")
     mine = {section: everything[section] for section in sections}
     before = {out: _identity(out) for out in outs}
+    kept = None
+    if any(before.values()):
+        (project_root() / KEPT).mkdir(parents=True, exist_ok=True)
+        kept = Path(tempfile.mkdtemp(prefix="stage-", dir=project_root() / KEPT))
+    earlier = {out: kept / str(number) / Path(out).name for number, out in enumerate(o for o in outs if before[o] is not None)}
     try:
+        for out, copy in earlier.items():
+            _link_copy(Path(out), copy)
         with stage_run(stage, params.tracking.experiment, mine, everything) as run:
             yield run
     except BaseException:
@@ -77,7 +88,31 @@ def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()
             if _identity(out) != before[out]:
                 with contextlib.suppress(OSError):  # the stage's own error is the one to show
                     remove(out)
+                    if out in earlier:
+                        os.replace(earlier[out], out)
         raise
+    finally:
+        if kept is not None:
+            shutil.rmtree(kept, ignore_errors=True)
+
+
+KEPT = Path(".seqlab") / "kept"  # under the project root: the last good outputs while a stage runs (git- and DVC-ignored)
+
+
+def _link_copy(source: Path, target: Path) -> None:
+    """``target`` holding what ``source`` holds, as hard links where the file system allows."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, target, symlinks=True, copy_function=link)
+    else:
+        link(source, target)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
