@@ -100,10 +100,10 @@ def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramM
     if unlisted:
         raise SeqLabError(f"{path}: a \\{unlisted[0]}-grams: section the header does not count "
                           f"(it lists orders 1 to {order}; add 'ngram {unlisted[0]}=COUNT')")
-    for order, n in expected.items():
-        found = len(entries.get(order, []))
+    for k, n in expected.items():
+        found = len(entries.get(k, []))
         if found != n:
-            raise SeqLabError(f"{path}: truncated or malformed: header promises {n} {order}-grams, found {found}")
+            raise SeqLabError(f"{path}: truncated or malformed: header promises {n} {k}-grams, found {found}")
     if not ended:
         raise SeqLabError(f"{path}: truncated: no \\end\\ marker")
     tables = [unigram_table(np.zeros(size, np.int64))]
