@@ -170,3 +170,20 @@ def test_a_failed_stage_puts_the_last_good_outputs_back(root, monkeypatch):
     assert sorted(p.name for p in (root / "model").iterdir()) == ["b.bin"] and (root / "added.json").exists()
     assert json.loads((root / "metrics.json").read_text()) == {"ppl": 1.0}
     assert list((root / ".seqlab" / "kept").iterdir()) == []
+
+
+def test_pipelines_started_at_once_on_a_new_local_store_all_record_their_runs(tmp_path):
+    """`dvc queue start -j 2` on a fresh clone: several stages open a store that does not exist yet;
+    MLflow creates its tables on first use, and without a lock the second creator fails."""
+    import subprocess
+    import sys
+
+    script = "from seqlab.tracking import stage_run\nwith stage_run('s', 't', {'a': 1}, {'a': 1}):\n    pass\n"
+    children = []
+    for number in range(4):
+        environment = {**os.environ, "DVC_ROOT": str(tmp_path), "SEQLAB_PIPELINE_KEY": f"queue-{number}"}
+        children.append(subprocess.Popen([sys.executable, "-c", script], env=environment, stderr=subprocess.PIPE, text=True))
+    errors = [child.communicate(timeout=300)[1] for child in children]
+    assert [child.returncode for child in children] == [0] * 4, "\n".join(errors)
+    frame = all_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert len(frame) == 8 and set(frame.status) == {"FINISHED"}  # 4 pipelines, a stage each

@@ -294,11 +294,35 @@ class ChildRuns:
         self.client.set_terminated(run_id, status)
 
 
+@contextlib.contextmanager
+def _first_use(uri: str) -> Iterator[None]:
+    """One process at a time through a local SQLite store's first use: MLflow creates its tables
+    then, and two experiments started at once on a new store would both try
+    (``table ... already exists``)."""
+    folder = local_folder(uri) if uri.startswith("sqlite:///") else None
+    if folder is None:
+        yield
+        return
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _experiment_id(client, name: str, artifacts: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifacts)
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException as err:  # another pipeline created it meanwhile
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def alive(key: str) -> bool:
@@ -377,8 +401,9 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
         if uri == local_store(root):
             (root / "mlruns").mkdir(exist_ok=True)
             artifacts = (root / "mlruns" / "artifacts").as_uri()
-        client = MlflowClient()
-        experiment_id = _experiment_id(client, experiment, artifacts)
+        with _first_use(uri):
+            client = MlflowClient()
+            experiment_id = _experiment_id(client, experiment, artifacts)
         commit = git_commit(root)
         tags = {"mlflow.source.git.commit": commit} if commit else {}
         parent = _parent_run(client, experiment_id, all_params, tags)
