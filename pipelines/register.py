@@ -2,7 +2,8 @@
 is found in the MLflow registry; the alias `champion` moves to it only if its test perplexity beats the
 current champion's on the same test tokens and vocabulary, otherwise it becomes its family's
 `challenger` -> metrics/register.json. The same for the encoder-decoders: the best on valid WER, gated
-by test WER on the same test pairs -> metrics/seq2seq/register.json."""
+by test WER on the same test pairs -> metrics/seq2seq/register.json. Experiments run at once take turns
+through the gate, so each compares with the champion the one before it left."""
 
 from mlflow import MlflowClient
 
@@ -11,17 +12,16 @@ import pandas as pd
 from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import write_json
-from seqlab.registry import Decision, apply, current_champion, decide, describe, find_version, registered_name, task_of
+from seqlab.registry import Decision, describe, find_version, gate, registered_name, task_of
 
 LEADERBOARD, OUT = paths.LEADERBOARD, "metrics/register.json"
 SEQ2SEQ_LEADERBOARD, SEQ2SEQ_OUT = "metrics/seq2seq/leaderboard.csv", "metrics/seq2seq/register.json"
 
 
-def gate(client, registered_model: str, folder: str, on_new_test_set: str, out: str, use: str) -> Decision:
+def gate_and_report(client, registered_model: str, folder: str, on_new_test_set: str, out: str, use: str) -> Decision:
     """Gate the version built from ``folder``; ``use`` says how to use the champion (``{}``: its name)."""
     candidate = find_version(client, registered_model, folder)
-    decision = decide(candidate, current_champion(client, task_of(candidate.tags)), on_new_test_set)
-    apply(client, decision)
+    decision = gate(client, candidate, on_new_test_set)
     write_json(out, decision.as_dict())
     champion = candidate if decision.outcome == "promoted" else decision.champion
     print(describe(decision))
@@ -38,8 +38,8 @@ def main() -> None:
     with stage.tracked("register", params, "register") as run:
         client = MlflowClient()
         on_new = params.register_.on_new_test_set
-        decision = gate(client, best.registered_model, best.path, on_new, OUT, 'seqlab predict --model {} --context "..."')
-        transducer = gate(client, registered_name(f"seq2seq_{seq2seq.attention}"), seq2seq.path, on_new, SEQ2SEQ_OUT,
+        decision = gate_and_report(client, best.registered_model, best.path, on_new, OUT, 'seqlab predict --model {} --context "..."')
+        transducer = gate_and_report(client, registered_name(f"seq2seq_{seq2seq.attention}"), seq2seq.path, on_new, SEQ2SEQ_OUT,
                           "mlflow models serve -m {}")
         run.set_tag("seqlab.gate", f"{decision.outcome}: {decision.reason}")
         run.set_tag("seqlab.seq2seq_gate", f"{transducer.outcome}: {transducer.reason}")

@@ -10,6 +10,7 @@ Ray runs the trials on a local instance, or on the cluster at ``address`` / ``RA
 
 import argparse
 import shutil
+from pathlib import Path
 
 import pandas as pd
 
@@ -18,7 +19,6 @@ from seqlab.config import TASKS, searchable_keys
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, write_json
 from seqlab.models import output_layer
-from seqlab.tracking import project_root
 from seqlab.tune.plot import plot_search
 from seqlab.tune.search import pair_search_data, run_search, search_data
 from seqlab.tune.space import load_space, overrides
@@ -58,7 +58,7 @@ def main() -> None:
             else:
                 data = pair_search_data(paths.PAIRS, tune.train_tokens, tune.seed)
                 drawn = f"{len(data['train_pairs']):,} train pairs"
-            storage = tune.storage or (project_root() / "checkpoints" / section)
+            storage = tune.storage or (Path.cwd() / "checkpoints" / section)  # the workspace's: experiments at once each have one
             if tune.storage is None:
                 shutil.rmtree(storage, ignore_errors=True)  # trial checkpoints of an earlier search
             print(f"{section}: {tune.num_samples} trials of up to {space.tokens:,} tokens ({space.rounds} rounds) drawn from "

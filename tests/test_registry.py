@@ -1,7 +1,13 @@
 """The champion gate: its decisions on data, and the aliases it moves in a real MLflow registry."""
 
+import itertools
+import subprocess
+import sys
+import time
+
 import pytest
 
+from seqlab import registry
 from seqlab.errors import SeqLabError
 from seqlab.io import dvc_md5
 from seqlab.registry import Version, apply, current_champion, decide, describe, find_version, neural_family, task_of
@@ -93,10 +99,7 @@ def register(client, tmp_path, name, ppl, fingerprint="test-a", task=None):
 
 
 def gate(client, folder, name):
-    candidate = find_version(client, name, folder)
-    decision = decide(candidate, current_champion(client, task_of(candidate.tags)))
-    apply(client, decision)
-    return decision
+    return registry.gate(client, find_version(client, name, folder))
 
 
 def test_the_alias_moves_across_families_and_challengers_are_marked(client, tmp_path):
@@ -166,3 +169,42 @@ def test_each_task_has_a_champion_of_its_own(client, tmp_path):
     assert client.get_registered_model("seqlab-seq2seq").aliases == {"champion": int(other_version)}
     with pytest.raises(SeqLabError, match=r"cannot be compared with .* each task has a champion of its own"):
         decide(find_version(client, "seqlab-seq2seq", other), current_champion(client, "lm"))
+
+
+GATE = """
+import sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from seqlab.registry import find_version, gate
+uri, name, folder, start = sys.argv[1:]
+client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+candidate = find_version(client, name, Path(folder))
+time.sleep(max(0.0, float(start) - time.time()))
+print(gate(client, candidate).outcome)
+"""
+
+
+def test_pipelines_gating_at_once_take_turns(client, tmp_path):
+    """Four experiments reach the gate at once (`dvc queue start -j 4`), each with a model of another
+    family that beats the champion: one champion is left, the best, and each outcome is what one order
+    in turn gives. Without turns, each sees the old champion, and two or more end up holding it."""
+    weak, _ = register(client, tmp_path, "seqlab-ngram", 500.0)
+    gate(client, weak, "seqlab-ngram")
+    scores = {"seqlab-hybrid": 120.0, "seqlab-lstm": 90.0, "seqlab-transformer": 150.0, "seqlab-lstm_attention": 100.0}
+    folders = {name: register(client, tmp_path, name, ppl)[0] for name, ppl in scores.items()}
+    start = time.time() + 15  # every process has imported MLflow and found its version by then
+    children = {name: subprocess.Popen([sys.executable, "-c", GATE, client.tracking_uri, name, str(folder), str(start)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name, folder in folders.items()}
+    answers = {name: child.communicate(timeout=300) for name, child in children.items()}
+    assert all(child.returncode == 0 for child in children.values()), answers
+    outcomes = {name: out.strip() for name, (out, _) in answers.items()}
+    assert current_champion(client).name == "seqlab-lstm"  # one holder, the best
+
+    def in_turn(order):
+        best, result = 500.0, {}
+        for name in order:
+            result[name], best = ("promoted", scores[name]) if scores[name] < best else ("challenger", best)
+        return result
+
+    assert any(in_turn(order) == outcomes for order in itertools.permutations(scores)), outcomes

@@ -53,12 +53,12 @@ def task_of(tags: Mapping[str, str]) -> str:
 
 def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path, task: str = LANGUAGE_MODEL) -> dict[str, str]:
     """What a registered version was built from and how it scored (``summary`` is its scores.json)."""
-    from seqlab.tracking import git_commit, project_root
+    from seqlab.tracking import git_commit
 
     return {
         "model": summary["model"],
         TASK_TAG: task,
-        "git_commit": git_commit(project_root()) or "unknown",
+        "git_commit": git_commit() or "unknown",
         "data_hash": dvc_md5(tokens_dir),
         "vocab_sha256": summary["vocab_sha256"],
         "test_fingerprint": summary["test"]["fingerprint"],
@@ -71,13 +71,13 @@ def version_tags(summary: Mapping, model_dir: str | Path, tokens_dir: str | Path
 
 def seq2seq_version_tags(summary: Mapping, model_dir: str | Path, data_dir: str | Path) -> dict[str, str]:
     """What an encoder-decoder's version was built from and how it scored (``summary`` is its scores.json)."""
-    from seqlab.tracking import git_commit, project_root
+    from seqlab.tracking import git_commit
 
     test = summary["test"]
     return {
         "model": summary["model"],
         TASK_TAG: SEQ2SEQ,
-        "git_commit": git_commit(project_root()) or "unknown",
+        "git_commit": git_commit() or "unknown",
         "data_hash": dvc_md5(data_dir),
         "vocab_sha256": summary["vocab_sha256"],
         "test_fingerprint": f"{test['sources']}:{test['target_tokens']}:{dvc_md5(Path(data_dir) / 'test.tsv')}",
@@ -189,6 +189,18 @@ def apply(client, decision: Decision) -> None:
     elif decision.outcome == "challenger":
         client.set_registered_model_alias(candidate.name, CHALLENGER, candidate.version)
     client.set_model_version_tag(candidate.name, candidate.version, GATE_TAG, f"{decision.outcome}: {decision.reason}")
+
+
+def gate(client, candidate: Version, on_new_test_set: str = "challenger") -> Decision:
+    """Decide on ``candidate`` against its task's champion now, and move the aliases. Pipelines on this
+    machine gating at once (experiments run by ``dvc queue start -j 2``) take turns, so each compares
+    with the champion the one before it left, as if they had run one after the other."""
+    from seqlab.tracking import exclusive
+
+    with exclusive("gate", client.tracking_uri):
+        decision = decide(candidate, current_champion(client, task_of(candidate.tags)), on_new_test_set)
+        apply(client, decision)
+    return decision
 
 
 def describe(decision: Decision) -> str:

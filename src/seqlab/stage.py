@@ -16,7 +16,7 @@ from seqlab.io import remove
 from seqlab.loading import DEFAULT_TOP_K
 from seqlab.registry import LANGUAGE_MODEL, version_tags
 from seqlab.scoring import EvalSet, Summary
-from seqlab.tracking import StageRun, project_root, stage_run
+from seqlab.tracking import StageRun, stage_run
 
 PARAMS_FILE = Path(paths.PARAMS)
 
@@ -75,8 +75,8 @@ def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()
     before = {out: _identity(out) for out in outs}
     kept = None
     if any(before.values()):
-        (project_root() / KEPT).mkdir(parents=True, exist_ok=True)
-        kept = Path(tempfile.mkdtemp(prefix="stage-", dir=project_root() / KEPT))
+        KEPT.mkdir(parents=True, exist_ok=True)
+        kept = Path(tempfile.mkdtemp(prefix="stage-", dir=KEPT)).resolve()
     earlier = {out: kept / str(number) / Path(out).name for number, out in enumerate(o for o in outs if before[o] is not None)}
     try:
         for out, copy in earlier.items():
@@ -96,7 +96,7 @@ def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()
             shutil.rmtree(kept, ignore_errors=True)
 
 
-KEPT = Path(".seqlab") / "kept"  # under the project root: the last good outputs while a stage runs (git- and DVC-ignored)
+KEPT = Path(".seqlab") / "kept"  # in the stage's workspace: the last good outputs while it runs (git- and DVC-ignored)
 
 
 def _link_copy(source: Path, target: Path) -> None:

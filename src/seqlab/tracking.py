@@ -155,9 +155,11 @@ def pipeline_key() -> str:
     return f"{socket.gethostname()}:{anchor.pid}:{int(anchor.create_time() * 1000)}"
 
 
-def git_commit(root: Path) -> str | None:
+def git_commit() -> str | None:
+    """The commit of the workspace a stage runs in (DVC runs it there; a queued experiment's workspace
+    is a copy of its own, at its baseline commit), or None outside git."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -295,20 +297,34 @@ class ChildRuns:
 
 
 @contextlib.contextmanager
-def _first_use(uri: str) -> Iterator[None]:
+def exclusive(name: str, uri: str | None = None) -> Iterator[None]:
+    """One process at a time on this machine through the block, among those using the store ``uri``
+    (this project's by default).
+
+    The lock is a file: beside a local store (``mlruns/.<name>.lock``), else one per store and user in
+    the system's temporary folder. Experiments run at once (``dvc queue start -j 2``) all run on the
+    machine that queued them, so they take turns; processes on other machines are not held back.
+    """
+    import fcntl
+    import hashlib
+    import tempfile
+
+    uri = uri or tracking_uri(project_root())
+    folder = local_folder(uri) if uri.startswith("sqlite:///") else None
+    if folder is None:
+        folder = Path(tempfile.gettempdir()) / f"seqlab-locks-{os.getuid()}"
+        name = f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _first_use(uri: str) -> contextlib.AbstractContextManager:
     """One process at a time through a local SQLite store's first use: MLflow creates its tables
     then, and two experiments started at once on a new store would both try
     (``table ... already exists``)."""
-    folder = local_folder(uri) if uri.startswith("sqlite:///") else None
-    if folder is None:
-        yield
-        return
-    import fcntl
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".init.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return exclusive("init", uri) if uri.startswith("sqlite:///") else contextlib.nullcontext()
 
 
 def _experiment_id(client, name: str, artifacts: str | None) -> str:
@@ -404,7 +420,7 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
         with _first_use(uri):
             client = MlflowClient()
             experiment_id = _experiment_id(client, experiment, artifacts)
-        commit = git_commit(root)
+        commit = git_commit()
         tags = {"mlflow.source.git.commit": commit} if commit else {}
         parent = _parent_run(client, experiment_id, all_params, tags)
         tags |= {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
