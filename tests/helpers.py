@@ -3,6 +3,7 @@ stream with a trainer run on it, and a fresh DVC project with the commands that 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -118,7 +119,7 @@ def comparable(history) -> list[dict]:
 def make_project(root: Path, **changes) -> Path:
     """A git + DVC project with the pipeline, the tiny corpus and small settings; ``section__key=value``
     changes params.yaml."""
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):  # as a clone has them
         shutil.copy(REPO / name, root / name)
     for name in ("pipelines", "src", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -176,15 +177,15 @@ def env() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "false"}
 
 
-def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=600)
+def sh(root: Path, *cmd: str, check: bool = True, extra: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=root, env={**env(), **(extra or {})}, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(root, str(BIN / "dvc"), *args, check=check)
+def dvc(root: Path, *args: str, check: bool = True, extra: dict | None = None) -> subprocess.CompletedProcess:
+    return sh(root, str(BIN / "dvc"), *args, check=check, extra=extra)
 
 
 def runs(root: Path):
@@ -205,3 +206,132 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --- experiments run at once ----------------------------------------------------------------------
+
+# Two experiments on a built project: one changes only the hybrid (its best model on valid stays the
+# baseline's best n-gram model), one drops order 3 from the grid (its best on valid is another model).
+# Against a weak champion each beats it, so each gate's outcome depends on which went first.
+EXPERIMENTS = {"hybrid-kn": "hybrid.ngram=kn", "orders-1-2": "ngram.orders=[1,2]"}
+
+
+def client_of(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def crown(client, name: str, version: str) -> None:
+    """Give the language models' ``champion`` alias to ``name`` v``version``, as a user would in the UI."""
+    for model in client.search_registered_models("name LIKE 'seqlab-%'"):
+        holder = model.aliases.get("champion")
+        if holder is not None and client.get_model_version(model.name, holder).tags.get("task") == "lm":
+            client.delete_registered_model_alias(model.name, "champion")
+    client.set_registered_model_alias(name, "champion", version)
+
+
+def run_queue(root: Path, jobs: int, extra: dict | None = None, timeout: float = 900) -> None:
+    """``EXPERIMENTS`` queued in order with ``dvc exp run --queue`` and run by ``dvc queue start -j jobs``;
+    returns when both have ended, and fails with the log of one that did not succeed."""
+    import time
+
+    for name, change in EXPERIMENTS.items():
+        dvc(root, "exp", "run", "--queue", "-n", name, "-S", change)
+    dvc(root, "queue", "start", "-j", str(jobs), extra=extra)  # the workers run with this environment
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            rows = [line.split() for line in dvc(root, "queue", "status").stdout.splitlines()]
+            status = {row[1]: row[-1] for row in rows if len(row) >= 4 and row[1] in EXPERIMENTS}
+            if len(status) == len(EXPERIMENTS) and all(s in ("Success", "Failed") for s in status.values()):
+                break
+            assert time.monotonic() < deadline, f"the queue did not finish in {timeout:.0f} s: {status}"
+            time.sleep(2)
+    finally:
+        dvc(root, "queue", "stop", check=False)
+    for name, state in status.items():
+        assert state == "Success", f"experiment {name}: {state}\n{dvc(root, 'queue', 'logs', name, check=False).stdout[-3000:]}"
+
+
+def tracked_state(client) -> dict:
+    """What the store holds, comparable across stores: each pipeline's stage runs and their status, how
+    many registered versions there are of each model's files, and each task's champion (its files)."""
+    from collections import Counter
+
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "seqlab"]
+    every = client.search_runs([experiment], max_results=5000)
+    names = {run.info.run_id: run.data.tags.get("dvc.exp_name", "repro") for run in every
+             if run.data.tags.get("seqlab.run_kind") == "pipeline"}
+    stages = Counter((names.get(run.data.tags.get("mlflow.parentRunId"), "?"), run.info.run_name, run.info.status)
+                     for run in every if run.data.tags.get("seqlab.run_kind") == "stage")
+    versions, champions = Counter(), {}
+    for model in client.search_registered_models("name LIKE 'seqlab-%'"):
+        for version in client.search_model_versions(f"name = '{model.name}'"):
+            versions[(model.name, version.tags.get("model_hash"))] += 1
+        if "champion" in model.aliases:
+            holder = client.get_model_version(model.name, model.aliases["champion"])
+            task = holder.tags.get("task")
+            assert task not in champions, f"two {task} champions: {champions[task]} and {model.name}"
+            champions[task] = (model.name, holder.tags.get("model_hash"))
+    return {"pipelines": Counter(names.values()), "stages": stages, "versions": versions, "champions": champions}
+
+
+def gate_outcomes(client) -> dict[str, tuple[str, tuple[str, str], float]]:
+    """Each experiment's language-model gate: its outcome (promoted | challenger | kept), the candidate
+    (registered model, files) and the candidate's test perplexity."""
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "seqlab"]
+    every = client.search_runs([experiment], max_results=5000)
+    names = {run.info.run_id: run.data.tags["dvc.exp_name"] for run in every if "dvc.exp_name" in run.data.tags}
+    gates = {}
+    for run in every:
+        if run.info.run_name == "register" and run.data.tags.get("mlflow.parentRunId") in names:
+            name, version = run.data.params["candidate"].split()[:2]  # "seqlab-ngram v11 (ngram-jm-3)"
+            tags = client.get_model_version(name, version.removeprefix("v")).tags
+            gates[names[run.data.tags["mlflow.parentRunId"]]] = (
+                run.data.tags["seqlab.gate"].partition(":")[0], (name, tags["model_hash"]), float(tags["test_ppl"]))
+    return gates
+
+
+def in_turn(gates: dict, order: list[str]) -> dict[str, str]:
+    """The outcomes the experiments' gates have when they run in ``order``, from a weak champion."""
+    outcomes, best = {}, math.inf
+    for name in order:
+        score = gates[name][2]
+        outcomes[name] = "promoted" if score < best else "challenger"
+        best = min(best, score)
+    return outcomes
+
+
+def in_turn_and_at_once(store) -> None:
+    """``EXPERIMENTS`` queued on two copies of a built project, each from a weak champion, and run by
+    ``dvc queue start -j 1`` on one and ``-j 2`` on the other: both finish, with the same runs, the same
+    versions and the same champion, and each gate decided as one of the two orders in turn would.
+    ``store(jobs)`` is a context manager giving a copy's root, its tracking URI, and the environment
+    variables that point at it (none for the default store)."""
+    from collections import Counter
+
+    from seqlab.registry import find_version
+
+    states, gates = {}, {}
+    for jobs in (1, 2):
+        with store(jobs) as (root, uri, extra):
+            commit(root, "baseline")
+            client = client_of(uri)
+            weak = find_version(client, "seqlab-ngram", root / "models" / "ngram" / "mle-1")
+            crown(client, weak.name, weak.version)
+            before = tracked_state(client)
+            run_queue(root, jobs, extra)
+            states[jobs], gates[jobs] = tracked_state(client), gate_outcomes(client)
+    serial, parallel = states[1], states[2]
+    assert serial["pipelines"] == before["pipelines"] + Counter(list(EXPERIMENTS))  # one parent run each
+    assert {status for (_, _, status) in serial["stages"]} == {"FINISHED"}
+    assert {(exp, stage) for (exp, stage, _) in serial["stages"]} >= {
+        (exp, stage) for exp in EXPERIMENTS for stage in ("hybrid", "evaluate", "register")}
+    first, second = EXPERIMENTS
+    assert gates[1][first][1] != gates[1][second][1]  # two different models compete
+    assert {name: gate[0] for name, gate in gates[1].items()} == in_turn(gates[1], [first, second])
+    assert serial["champions"]["lm"] == min(gates[1].values(), key=lambda gate: gate[2])[1]
+    assert parallel == serial  # nothing lost or counted twice, and the same champion
+    outcomes = {name: gate[0] for name, gate in gates[2].items()}
+    assert outcomes in (in_turn(gates[2], [first, second]), in_turn(gates[2], [second, first]))  # took turns

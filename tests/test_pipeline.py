@@ -1,5 +1,6 @@
 """End to end: `dvc repro` on a tiny corpus in a fresh git + DVC project, as a user runs it."""
 
+import contextlib
 import json
 import math
 import os
@@ -716,3 +717,16 @@ def test_the_ngram_model_is_served_without_torch(project):
     )
     result = sh(project, sys.executable, "-c", code)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_two_experiments_at_once_on_the_local_store_lose_nothing_and_gate_as_in_turn(project, tmp_path):
+    """`dvc exp run --queue` twice and `dvc queue start -j 2` against the default SQLite store, compared
+    with `-j 1`."""
+    from helpers import in_turn_and_at_once
+
+    @contextlib.contextmanager
+    def local(jobs):
+        root = copy_project(project, tmp_path / f"jobs-{jobs}")
+        yield root, f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", None
+
+    in_turn_and_at_once(local)

@@ -10,7 +10,7 @@ import pytest
 from seqlab import registry
 from seqlab.errors import SeqLabError
 from seqlab.io import dvc_md5
-from seqlab.registry import Version, apply, current_champion, decide, describe, find_version, neural_family, task_of
+from seqlab.registry import Version, apply, current_champion, decide, describe, find_version, neural_family
 
 
 def version(name="seqlab-ngram", number="1", ppl=100.0, fingerprint="test-a", vocab="vocab-a", model_hash=None, model="m"):
