@@ -254,13 +254,18 @@ def run_queue(root: Path, jobs: int, extra: dict | None = None, timeout: float =
         assert state == "Success", f"experiment {name}: {state}\n{dvc(root, 'queue', 'logs', name, check=False).stdout[-3000:]}"
 
 
+def all_runs(client) -> list:
+    """Every run of the ``seqlab`` experiment."""
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "seqlab"]
+    return client.search_runs([experiment], max_results=5000)
+
+
 def tracked_state(client) -> dict:
     """What the store holds, comparable across stores: each pipeline's stage runs and their status, how
     many registered versions there are of each model's files, and each task's champion (its files)."""
     from collections import Counter
 
-    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "seqlab"]
-    every = client.search_runs([experiment], max_results=5000)
+    every = all_runs(client)
     names = {run.info.run_id: run.data.tags.get("dvc.exp_name", "repro") for run in every
              if run.data.tags.get("seqlab.run_kind") == "pipeline"}
     stages = Counter((names.get(run.data.tags.get("mlflow.parentRunId"), "?"), run.info.run_name, run.info.status)
@@ -280,8 +285,7 @@ def tracked_state(client) -> dict:
 def gate_outcomes(client) -> dict[str, tuple[str, tuple[str, str], float]]:
     """Each experiment's language-model gate: its outcome (promoted | challenger | kept), the candidate
     (registered model, files) and the candidate's test perplexity."""
-    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "seqlab"]
-    every = client.search_runs([experiment], max_results=5000)
+    every = all_runs(client)
     names = {run.info.run_id: run.data.tags["dvc.exp_name"] for run in every if "dvc.exp_name" in run.data.tags}
     gates = {}
     for run in every:
@@ -293,13 +297,13 @@ def gate_outcomes(client) -> dict[str, tuple[str, tuple[str, str], float]]:
     return gates
 
 
-def in_turn(gates: dict, order: list[str]) -> dict[str, str]:
-    """The outcomes the experiments' gates have when they run in ``order``, from a weak champion."""
-    outcomes, best = {}, math.inf
+def in_turn(scores: dict[str, float], order, champion: float = math.inf) -> dict[str, str]:
+    """The gate's outcomes for candidates of these test ``scores`` gated one after the other in
+    ``order``, from a champion at ``champion``."""
+    outcomes, best = {}, champion
     for name in order:
-        score = gates[name][2]
-        outcomes[name] = "promoted" if score < best else "challenger"
-        best = min(best, score)
+        outcomes[name] = "promoted" if scores[name] < best else "challenger"
+        best = min(best, scores[name])
     return outcomes
 
 
@@ -330,8 +334,9 @@ def in_turn_and_at_once(store) -> None:
         (exp, stage) for exp in EXPERIMENTS for stage in ("hybrid", "evaluate", "register")}
     first, second = EXPERIMENTS
     assert gates[1][first][1] != gates[1][second][1]  # two different models compete
-    assert {name: gate[0] for name, gate in gates[1].items()} == in_turn(gates[1], [first, second])
+    scores = {name: gate[2] for name, gate in gates[1].items()}
+    assert {name: gate[0] for name, gate in gates[1].items()} == in_turn(scores, [first, second])
     assert serial["champions"]["lm"] == min(gates[1].values(), key=lambda gate: gate[2])[1]
     assert parallel == serial  # nothing lost or counted twice, and the same champion
-    outcomes = {name: gate[0] for name, gate in gates[2].items()}
-    assert outcomes in (in_turn(gates[2], [first, second]), in_turn(gates[2], [second, first]))  # took turns
+    outcomes, scores = {name: gate[0] for name, gate in gates[2].items()}, {name: gate[2] for name, gate in gates[2].items()}
+    assert outcomes in (in_turn(scores, [first, second]), in_turn(scores, [second, first]))  # took turns

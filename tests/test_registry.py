@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from helpers import in_turn
 from seqlab import registry
 from seqlab.errors import SeqLabError
 from seqlab.io import dvc_md5
@@ -200,11 +201,4 @@ def test_pipelines_gating_at_once_take_turns(client, tmp_path):
     assert all(child.returncode == 0 for child in children.values()), answers
     outcomes = {name: out.strip() for name, (out, _) in answers.items()}
     assert current_champion(client).name == "seqlab-lstm"  # one holder, the best
-
-    def in_turn(order):
-        best, result = 500.0, {}
-        for name in order:
-            result[name], best = ("promoted", scores[name]) if scores[name] < best else ("challenger", best)
-        return result
-
-    assert any(in_turn(order) == outcomes for order in itertools.permutations(scores)), outcomes
+    assert any(in_turn(scores, order, champion=500.0) == outcomes for order in itertools.permutations(scores)), outcomes

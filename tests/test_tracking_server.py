@@ -6,18 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers import BIN, client_of, copy_project, dvc, env, free_port, in_turn_and_at_once, make_project, tracked_state
+from helpers import client_of, copy_project, dvc, free_port, in_turn_and_at_once, make_project, tracked_state
+from seqlab import ui
 from seqlab.io import dvc_md5
 
 pytestmark = pytest.mark.slow
@@ -77,32 +75,12 @@ def tracking_server(backend: str, artifacts: Path):
     """``mlflow server`` on 127.0.0.1 with ``backend`` as its store and ``artifacts`` as its artifact
     root (served through it, so clients upload over HTTP); yields its URL."""
     port = free_port()
-    log = artifacts.parent / f"mlflow-server-{port}.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-            stdout=out, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = ui.serve(backend, port, log=artifacts.parent / f"mlflow-server-{port}.log", timeout=120,
+                      options=("--artifacts-destination", str(artifacts)))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"mlflow server ended:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            assert time.monotonic() < deadline, f"mlflow server did not answer in 120 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url
+        yield f"http://{ui.HOST}:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        ui.stop(server)
 
 
 @dataclass

@@ -24,9 +24,10 @@ from seqlab.errors import SeqLabError
 HOST = "127.0.0.1"  # never all interfaces: the store holds models and data hashes
 
 
-def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: float = 90.0) -> subprocess.Popen:
-    """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri``, its output to ``log`` (a file)
-    or to this terminal; return once it answers."""
+def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: float = 90.0,
+          options: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri`` (with more of its ``options``),
+    its output to ``log`` (a file) or to this terminal; return once it answers."""
     import socket
 
     with socket.socket() as probe:  # a server already there would answer the health check for ours
@@ -35,7 +36,7 @@ def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: 
         except OSError:
             raise SeqLabError(f"{HOST}:{port} is in use (another MLflow UI?); choose another --port") from None
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-               "--host", HOST, "--port", str(port), "--workers", "1"]
+               "--host", HOST, "--port", str(port), "--workers", "1", *options]
     out = open(log, "w") if log else None
     try:
         # a session of its own: a Ctrl-C at the terminal reaches this process, which stops the server
