@@ -25,6 +25,22 @@ def test_a_port_in_use_stops_with_one_line(tmp_path):
             ui.serve(f"sqlite:///{tmp_path / 'mlflow.db'}", port, tmp_path / "server.log", timeout=60)
 
 
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free():
+    """A server that closed its connections first leaves them in TIME_WAIT on its port for a minute;
+    restarting the UI at once must not read that as another server."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((ui.HOST, 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection((ui.HOST, port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+        assert not ui.port_free(port)  # still listening
+    assert ui.port_free(port)
+
+
 def test_a_server_that_cannot_start_is_one_line(tmp_path):
     with socket.socket() as probe:
         probe.bind((ui.HOST, 0))
@@ -80,14 +96,13 @@ def test_kill_or_ctrl_c_stops_the_server_with_the_ui(tmp_path, signum, status):
             child.send_signal(signum)  # the process only, as `kill PID` does
         else:
             os.killpg(child.pid, signum)  # the terminal's foreground group
-        output, _ = child.communicate(timeout=60)  # the end of output: every process writing to it is gone
+        output, _ = child.communicate(timeout=120)  # the end of output: every process writing to it is gone (ui.stop allows the group 30 s)
         assert child.returncode == status and "Traceback" not in output and "CancelledError" not in output, output
         deadline = time.monotonic() + 10
         while serving(port) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not serving(port)
-        with socket.socket() as again:
-            again.bind((ui.HOST, port))  # the port is free
+        assert ui.port_free(port)  # `seqlab ui` can start on it again
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)

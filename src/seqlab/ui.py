@@ -24,17 +24,27 @@ from seqlab.errors import SeqLabError
 HOST = "127.0.0.1"  # never all interfaces: the store holds models and data hashes
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now. Bound as the server binds it
+    (SO_REUSEADDR), so connections a stopped server left in TIME_WAIT do not count as a server."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+            probe.listen()
+        except OSError:
+            return False
+    return True
+
+
 def serve(tracking_uri: str, port: int, log: str | Path | None = None, timeout: float = 90.0,
           options: tuple[str, ...] = ()) -> subprocess.Popen:
     """Start ``mlflow server`` on 127.0.0.1:``port`` over ``tracking_uri`` (with more of its ``options``),
     its output to ``log`` (a file) or to this terminal; return once it answers."""
-    import socket
-
-    with socket.socket() as probe:  # a server already there would answer the health check for ours
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            raise SeqLabError(f"{HOST}:{port} is in use (another MLflow UI?); choose another --port") from None
+    if not port_free(port):  # a server already there would answer the health check for ours
+        raise SeqLabError(f"{HOST}:{port} is in use (another MLflow UI?); choose another --port")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                "--host", HOST, "--port", str(port), "--workers", "1", *options]
     out = open(log, "w") if log else None
