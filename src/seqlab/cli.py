@@ -128,8 +128,8 @@ def _ui(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _terminated)  # `kill` stops the server too, as Ctrl-C does
     if args.screenshot is None:
         server = ui.serve(uri, args.port)
-        print(f"MLflow UI on {base} (Ctrl-C to stop)", flush=True)
-        try:
+        try:  # from here on, a Ctrl-C or `kill` at any point stops the server (its own session) too
+            print(f"MLflow UI on {base} (Ctrl-C to stop)", flush=True)
             if server.wait() != 0:
                 raise SeqLabError(f"mlflow server on {ui.HOST}:{args.port} stopped with exit status {server.returncode}")
         except KeyboardInterrupt:
