@@ -56,7 +56,8 @@ def build(estimator: str, order: int, folder: Path, packed: Path) -> dict:
     cfg, vocab, splits = SHARED["cfg"], SHARED["vocab"], SHARED["splits"]
     started = time.perf_counter()
     if order not in SHARED["counted"]:
-        SHARED["counted"] = {order: prune(count(splits["train"].segments, order, len(vocab)), cfg.cutoffs, len(vocab))}
+        SHARED["counted"] = {order: prune(count(splits["train"].segments, order, len(vocab), cfg.memory_bytes),
+                                  cfg.cutoffs, len(vocab))}
     model = estimate(estimator, SHARED["counted"][order], len(vocab), vocab.index[BOS], valid=splits["valid"].segments, k=cfg.addk_k)
     build_seconds = time.perf_counter() - started
     name = f"{estimator}-{order}"

@@ -98,6 +98,10 @@ def test_ngram_grid_checks(tmp_path):
     assert "ngram.addk_k: Input should be greater than 0 (got 0.0)" in error_of(write_params(tmp_path, bad_k))
     unknown = lambda p: p["ngram"].update(estimators=["mkn", "witten-bell"])  # noqa: E731
     assert "ngram.estimators: unknown estimator 'witten-bell'" in error_of(write_params(tmp_path, unknown))
+    for memory, message in (("lots", "expected bytes or a size such as 512M or 2G (got 'lots')"),
+                            ("512K", "at least 1M is needed (got '512K')")):
+        small = lambda p: p["ngram"].update(memory=memory)  # noqa: E731
+        assert f"ngram.memory: {message}" in error_of(write_params(tmp_path, small))
     first = lambda p: p["ngram"].update(cutoffs=[1, 1])  # noqa: E731
     assert "ngram.cutoffs: unigrams are never pruned" in error_of(write_params(tmp_path, first))
     down = lambda p: p["ngram"].update(cutoffs=[0, 2, 1])  # noqa: E731
@@ -151,3 +155,9 @@ def test_baselines_are_the_tuned_sections_with_their_changes():
     params = load_params(REPO / "params.yaml")
     plain = with_changes(params, dotted(params.baselines["lstm"], "baselines.lstm"), "baselines.lstm")
     assert plain.model.attention == "none" and plain.model.hidden_dim == params.model.hidden_dim and plain.train == params.train
+
+
+def test_sizes_read_as_binary_units():
+    from seqlab.config import parse_size
+
+    assert [parse_size(t) for t in ("1048576", "512M", "2G", "1.5g", "64KB")] == [1 << 20, 512 << 20, 2 << 30, 3 << 29, 64 << 10]

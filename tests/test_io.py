@@ -52,3 +52,29 @@ def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, 
     assert status.value.code == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'metrics.json'}: No space left on device\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"] and (tmp_path / "metrics.json").read_bytes() == b"{}\n"
+
+
+def test_line_blocks_give_the_lines_read_lines_gives_whatever_the_block(tmp_path):
+    from seqlab.io import read_line_blocks, read_lines
+
+    path = tmp_path / "tokens.txt"
+    path.write_bytes("\ufeffa b\r\n\nc d e\nf\u2028g\nlast line without end".encode("utf-8"))
+    for block_bytes in (1, 2, 5, 7, 1 << 20):
+        blocks = list(read_line_blocks(path, block_bytes))
+        assert [line for block in blocks for line in block] == read_lines(path)
+        assert all(blocks)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"a b\nc d\n\xff e\n", r"not UTF-8 text \(invalid byte at offset 8\)"),
+    (b"a b\nc d\ne \x00\n", r"binary file \(NUL byte at offset 10\)"),
+])
+def test_line_blocks_refuse_what_read_text_refuses_at_the_file_offset(tmp_path, data, message):
+    from seqlab.errors import SeqLabError
+    from seqlab.io import read_line_blocks, read_text
+
+    path = tmp_path / "tokens.txt"
+    path.write_bytes(data)
+    for read in (lambda: read_text(path), lambda: list(read_line_blocks(path, 4))):
+        with pytest.raises(SeqLabError, match=rf"^{path}: {message}"):
+            read()

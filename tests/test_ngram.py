@@ -116,6 +116,45 @@ def test_arpa_round_trip_scores_identically(tmp_path, estimator):
     np.testing.assert_allclose(loaded.log_probs(test), model.log_probs(test), rtol=0, atol=1e-7)
 
 
+def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypatch):
+    """Each order counted in parts by prefix ranges (a budget of one frequent word's windows): the same
+    tables, array for array, and so the same model."""
+    from seqlab.ngram import counts
+
+    rng = np.random.default_rng(0)
+    sentences = [list(rng.integers(3, 40, size=rng.integers(1, 30))) for _ in range(300)]
+    corpus = Segments.from_sentences(sentences, 1, 2)
+    budget = int(np.bincount(corpus.ids).max()) * counts.BYTES_PER_POSITION  # a prefix's windows never exceed its first word's count
+    split = []
+    parts = counts._parts
+    monkeypatch.setattr(counts, "_parts", lambda *a: split.append(parts(*a)) or split[-1])
+    whole, budgeted = count(corpus, 5, 40), count(corpus, 5, 40, memory=budget)
+    assert [len(p) > 3 for p in split[4:]] == [True] * 4  # the budgeted run: every order in several parts
+    for a, b in zip(whole, budgeted):
+        for name in ("keys", "counts", "suffix", "first"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    test = Segments.from_sentences(sentences[:20], 1, 2)
+    np.testing.assert_array_equal(estimate("mkn", budgeted, 40, 1).log_probs(test), estimate("mkn", whole, 40, 1).log_probs(test))
+
+
+def test_a_budget_too_small_for_one_prefix_is_one_line():
+    from seqlab.ngram import counts
+
+    with pytest.raises(SeqLabError, match=r"^ngram.memory: 64 bytes cannot hold the \d+ order-2 windows of one prefix "
+                                          r"\(at least [\d,]+ bytes\); give counting more memory$"):
+        count(segments(TRAIN), 3, V, memory=counts.BYTES_PER_POSITION)
+
+
+@pytest.mark.parametrize("estimator", BACKOFF_FORM)
+def test_arpa_written_in_slices_is_the_same_file(tmp_path, estimator):
+    model = build(estimator, 4)
+    write_arpa(model, list(VOCAB.tokens), tmp_path / "whole.arpa")
+    write_arpa(model, list(VOCAB.tokens), tmp_path / "slices.arpa", rows=3)
+    assert (tmp_path / "slices.arpa").read_text() == (tmp_path / "whole.arpa").read_text()
+    lines = (tmp_path / "whole.arpa").read_text().splitlines()
+    assert "-99\t<s>\t" in "\n".join(lines) and sum(line.count("\t") == 1 for line in lines) == len(model.tables[-1])
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

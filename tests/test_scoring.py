@@ -6,7 +6,7 @@ import pytest
 
 from seqlab.errors import SeqLabError
 from seqlab.io import write_json
-from seqlab.scoring import Summary, eval_set, read_summary, score
+from seqlab.scoring import Summary, eval_set, read_eval_set, read_summary, score
 from seqlab.vocab import build_vocab
 
 VOCAB = build_vocab([["a", "b", "a"]])
@@ -52,3 +52,22 @@ def test_zero_probability_gives_inf_with_a_warning(tmp_path):
 def test_empty_split_is_refused():
     with pytest.raises(SeqLabError, match="test.txt: no sequences to score"):
         eval_set([], VOCAB, 0, "test.txt")
+
+
+def test_a_token_file_read_in_blocks_is_the_split_read_whole(tmp_path, monkeypatch):
+    """``read_eval_set`` streams the file; ids, segments, OOV count, characters and fingerprint are those
+    of the lines encoded at once."""
+    from seqlab import io
+    from seqlab.tokenize import read_stream
+
+    path = tmp_path / "test.txt"
+    path.write_text("a b zebra\n\nb b a\nyak\n", encoding="utf-8")
+    whole = eval_set(read_stream(path), VOCAB, 20, str(path))
+    blocks = io.read_line_blocks
+    monkeypatch.setattr(io, "read_line_blocks", lambda p: blocks(p, 3))  # a block a line or less
+    streamed = read_eval_set(path, VOCAB, 20)
+    assert (streamed.oov, streamed.characters, streamed.fingerprint) == (whole.oov, whole.characters, whole.fingerprint) == (
+        2, 24, whole.fingerprint)
+    for name in ("ids", "segment", "offset"):
+        np.testing.assert_array_equal(getattr(streamed.segments, name), getattr(whole.segments, name))
+    np.testing.assert_array_equal(streamed.scored, whole.scored)

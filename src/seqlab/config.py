@@ -101,12 +101,38 @@ class ValidateParams(_Section):
         return self
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``512M``, ``2G`` or ``1048576`` (binary units)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"expected bytes or a size such as 512M or 2G (got {text!r})")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+
+
 class NgramParams(_Section):
     orders: list[int] = Field(min_length=1)  # the grid: every order ...
     estimators: list[str] = Field(min_length=1)  # ... times every estimator
     max_order: int = Field(ge=1, le=10)
     addk_k: float | None = Field(gt=0)  # null: tune k on valid
     cutoffs: list[int]  # per order: drop n-grams seen this often or less; [] for none
+    memory: str  # counting's budget, as lmplz's -S: bytes or a size such as 512M or 2G
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, memory: str) -> str:
+        size = parse_size(memory)
+        if size < 1 << 20:
+            raise ValueError(f"at least 1M is needed (got {memory!r})")
+        return memory
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
 
     @field_validator("cutoffs")
     @classmethod

@@ -108,6 +108,45 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+def read_line_blocks(path: str | os.PathLike, block_bytes: int = 1 << 23) -> Iterator[list[str]]:
+    """The lines of a UTF-8 text file as ``read_lines`` gives them, in blocks of about ``block_bytes``,
+    so a file larger than memory can be read; refused as ``read_text`` refuses it, the offset counted
+    from the file's start."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqLabError(f"{path}: file not found")
+    if not path.is_file():
+        raise SeqLabError(f"{path}: not a regular file")
+    with open(path, "rb") as handle:
+        start, carry = 0, b""  # start: the file offset of carry's first byte
+        while True:
+            block = handle.read(block_bytes)
+            data = carry + block
+            if not data:
+                return
+            end = data.rfind(b"\n") + 1 if block else len(data)  # whole lines only, until the last block
+            if end == 0:  # a line longer than a block: read on
+                carry = data
+                continue
+            text, carry = data[:end], data[end:]
+            nul = text.find(b"\x00")
+            if nul >= 0:
+                raise SeqLabError(f"{path}: binary file (NUL byte at offset {start + nul}), expected UTF-8 text")
+            try:
+                decoded = text.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SeqLabError(f"{path}: not UTF-8 text (invalid byte at offset {start + err.start})") from None
+            if start == 0:
+                decoded = decoded.removeprefix("\ufeff")
+            lines = decoded.split("\n")
+            if lines[-1] == "":
+                lines.pop()
+            yield [line[:-1] if line.endswith("\r") else line for line in lines]
+            start += end
+            if not block:
+                return
+
+
 def md5_file(path: str | os.PathLike) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from itertools import repeat
 from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
 from seqlab.errors import SeqLabError
-from seqlab.vocab import BOS, EOS, Vocab
+from seqlab.vocab import BOS, EOS, UNK, Vocab
 
 
 @dataclass
@@ -36,6 +38,22 @@ class Segments:
         segment = np.repeat(np.arange(len(padded), dtype=np.int64), lengths)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
         offset = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
+        return cls(ids, segment, offset)
+
+    @classmethod
+    def from_lengths(cls, tokens: np.ndarray, lengths: np.ndarray, bos: int, eos: int) -> "Segments":
+        """Sentences given as their token ids end to end and their lengths, each padded with ``bos``
+        and ``eos``."""
+        padded = lengths + 2
+        ends = np.cumsum(padded)
+        starts = ends - padded
+        ids = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        inside = np.ones(len(ids), dtype=bool)
+        inside[starts] = inside[ends - 1] = False
+        ids[inside] = tokens
+        ids[starts], ids[ends - 1] = bos, eos
+        segment = np.repeat(np.arange(len(padded), dtype=np.int64), padded)
+        offset = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, padded)
         return cls(ids, segment, offset)
 
 
@@ -69,14 +87,43 @@ class EvalSet:
 
 
 def eval_set(lines: list[list[str]], vocab: Vocab, characters: int, name: str = "split") -> EvalSet:
-    if not lines:
+    """Tokenized sequences encoded as one split (``characters``: of the text, without newlines)."""
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    return _encoded([([token for line in lines for token in line], lengths)], vocab, characters, name)
+
+
+def read_eval_set(path: str | Path, vocab: Vocab, characters: int) -> EvalSet:
+    """A token file (one sequence per line, tokens separated by single spaces) encoded block by block,
+    so no Python object per token outlives its block: what a split larger than memory as text needs."""
+    from seqlab.io import read_line_blocks
+
+    def blocks():
+        for lines in read_line_blocks(path):
+            text = " ".join(filter(None, lines))  # split once: the tokens of every line, end to end
+            lengths = np.fromiter((line.count(" ") + 1 if line else 0 for line in lines), dtype=np.int64, count=len(lines))
+            yield (text.split(" ") if text else []), lengths
+
+    return _encoded(blocks(), vocab, characters, str(path))
+
+
+def _encoded(blocks: Iterable[tuple[list[str], np.ndarray]], vocab: Vocab, characters: int, name: str) -> EvalSet:
+    """Blocks of (tokens end to end, tokens per sequence) as one split."""
+    bos, eos, unk = vocab.index[BOS], vocab.index[EOS], vocab.index[UNK]
+    ids, lengths, oov = [], [], 0
+    for tokens, counts in blocks:
+        codes = np.fromiter(map(vocab.index.get, tokens, repeat(-1)), dtype=np.int64, count=len(tokens))
+        unknown = codes < 0
+        oov += int(unknown.sum())
+        codes[unknown] = unk
+        ids.append(codes)
+        lengths.append(counts)
+    sequences = sum(map(len, lengths))
+    if not sequences:
         raise SeqLabError(f"{name}: no sequences to score")
-    bos, eos = vocab.index[BOS], vocab.index[EOS]
-    oov, _ = vocab.oov(lines)
-    segments = Segments.from_sentences([vocab.encode(line) for line in lines], bos, eos)
+    segments = Segments.from_lengths(np.concatenate(ids), np.concatenate(lengths), bos, eos)
     scored = segments.ids != bos
     digest = hashlib.sha256(segments.ids[scored].astype("<i8").tobytes()).hexdigest()
-    return EvalSet(segments, scored, oov, characters + len(lines), digest)
+    return EvalSet(segments, scored, oov, characters + sequences, digest)
 
 
 @dataclass(frozen=True)
@@ -137,10 +184,8 @@ def load_eval_set(tokens_dir, split: str, vocab: Vocab) -> EvalSet:
     """The ``split`` token stream of the tokenize stage, with its character count from the stats table."""
     import pandas as pd
 
-    from seqlab.tokenize import read_stream
-
     characters = int(pd.read_parquet(f"{tokens_dir}/{split}.stats.parquet")["n_chars"].sum())
-    return eval_set(read_stream(f"{tokens_dir}/{split}.txt"), vocab, characters, f"{tokens_dir}/{split}.txt")
+    return read_eval_set(f"{tokens_dir}/{split}.txt", vocab, characters)
 
 
 @dataclass(frozen=True)

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
-from seqlab.ngram.counts import table_from_words, unigram_table, words_of
+from seqlab.ngram.counts import table_from_words, unigram_table
 from seqlab.ngram.estimate import BACKOFF_FORM, NGramModel
 
 LOG10 = math.log(10)
 NEVER = -99.0  # log10 probability written for <s>, which is never predicted
 
 
-def write_arpa(model: NGramModel, tokens: list[str], path: str | Path) -> None:
+def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int = 1 << 18) -> None:
+    """The model as ARPA text, written ``rows`` n-grams at a time: memory stays a slice's, whatever
+    the model's size."""
     if model.estimator not in BACKOFF_FORM:
         raise SeqLabError(f"estimator {model.estimator!r} has no backoff form; ARPA is written for {', '.join(BACKOFF_FORM)}")
-    words = words_of(model.tables)
     vocab = np.array(tokens, dtype=object)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         out.write("\n\\data\\\n")
@@ -27,18 +29,32 @@ def write_arpa(model: NGramModel, tokens: list[str], path: str | Path) -> None:
             out.write(f"ngram {k}={len(model.tables[k - 1])}\n")
         for k in range(1, model.order + 1):
             out.write(f"\n\\{k}-grams:\n")
-            logp = model.logp[k - 1] / LOG10
-            if k == 1:
-                logp = logp.copy()
-                logp[model.bos] = NEVER
-            logbo = model.logbo[k - 1] / LOG10
-            text = [" ".join(row) for row in vocab[words[k - 1]]]
-            if k < model.order:
-                lines = (f"{p:.9g}\t{t}\t{b:.9g}\n" for p, t, b in zip(logp, text, logbo))
-            else:
-                lines = (f"{p:.9g}\t{t}\n" for p, t in zip(logp, text))
-            out.writelines(lines)
+            for start in range(0, len(model.tables[k - 1]), rows):
+                at = np.arange(start, min(start + rows, len(model.tables[k - 1])))
+                logp = model.logp[k - 1][at] / LOG10
+                if k == 1:
+                    logp[at == model.bos] = NEVER
+                columns = [_numbers(logp), _text(model, k, at, vocab)]
+                if k < model.order:
+                    columns.append(_numbers(model.logbo[k - 1][at] / LOG10))
+                out.write("\n".join(map("\t".join, zip(*columns))))
+                out.write("\n")
         out.write("\n\\end\\\n")
+
+
+def _numbers(values: np.ndarray) -> list[str]:
+    return list(map(format, values.tolist(), repeat(".9g")))
+
+
+def _text(model: NGramModel, k: int, ranks: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """The words of the order-``k`` n-grams of ``ranks``, space-separated, read back through the prefix ranks."""
+    keys = model.tables[k - 1].keys[ranks]
+    text = vocab[keys % model.vocab_size]
+    spaced = vocab + " "
+    for j in range(k - 1, 0, -1):
+        keys = model.tables[j - 1].keys[keys // model.vocab_size]
+        text = spaced[keys % model.vocab_size] + text
+    return text
 
 
 def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramModel:

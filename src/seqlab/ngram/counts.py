@@ -13,29 +13,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqlab.errors import SeqLabError
 from seqlab.scoring import Segments
 
 
 @dataclass
 class Table:
-    """The n-grams of one order, sorted; ``suffix`` is the rank of each n-gram without its first word."""
+    """The n-grams of one order, sorted; ``suffix`` is the rank of each n-gram without its first word.
+    Prefix ranks and last words are read off the keys rather than stored: 20 bytes an n-gram."""
 
     order: int
-    keys: np.ndarray  # int64, sorted unique: prefix * V + word
+    keys: np.ndarray  # int64, sorted unique: prefix * V + word (order 1: the word id)
     counts: np.ndarray  # int64 raw counts
-    prefix: np.ndarray  # int64 rank of the (order-1)-gram prefix (order 1: 0)
-    word: np.ndarray  # int64 last word
     suffix: np.ndarray  # int64 rank of the suffix in the order-1 table (order 1: -1)
-    first: np.ndarray  # int64 first word
+    first: np.ndarray  # int32 first word
+    vocab_size: int
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def prefix(self) -> np.ndarray:
+        """int64 rank of the (order-1)-gram prefix (order 1: 0; -1 where the lower table lacks it)."""
+        return self.keys // self.vocab_size
+
+    @property
+    def word(self) -> np.ndarray:
+        """int64 last word."""
+        return self.keys % self.vocab_size
 
 
 def unigram_table(counts: np.ndarray) -> Table:
     """Order 1 holds the whole vocabulary; a word's rank is its id."""
     vocab = np.arange(len(counts), dtype=np.int64)
-    return Table(1, vocab, counts, np.zeros(len(counts), np.int64), vocab, np.full(len(counts), -1), vocab)
+    return Table(1, vocab, counts, np.full(len(counts), -1), vocab.astype(np.int32), len(counts))
 
 
 def rank_of(tables: list[Table], words: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -52,18 +63,10 @@ def table_from_words(words: np.ndarray, counts: np.ndarray, tables: list[Table],
     prefix = rank_of(tables, words[:, :-1], vocab_size)
     keys = prefix * vocab_size + words[:, -1]
     order = np.argsort(keys, kind="stable")
-    words, prefix = words[order], prefix[order]
+    words = words[order]
     suffix = rank_of(tables, words[:, 1:], vocab_size)
-    table = Table(words.shape[1], keys[order], counts[order], prefix, words[:, -1], suffix, words[:, 0])
+    table = Table(words.shape[1], keys[order], counts[order], suffix, words[:, 0].astype(np.int32), vocab_size)
     return table, order
-
-
-def words_of(tables: list[Table]) -> list[np.ndarray]:
-    """For each order, the word ids of each n-gram as rows, recovered through the prefix ranks."""
-    words = [tables[0].word[:, None]]
-    for table in tables[1:]:
-        words.append(np.hstack([words[-1][table.prefix], table.word[:, None]]))
-    return words
 
 
 def lookup(table: Table, prefix: np.ndarray, word: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -92,24 +95,58 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
     return ranks
 
 
-def count(segments: Segments, order: int, vocab_size: int) -> list[Table]:
-    """Count every n-gram of order 1..``order`` in ``segments``."""
+BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and np.unique's sort
+
+
+def count(segments: Segments, order: int, vocab_size: int, memory: int | None = None) -> list[Table]:
+    """Count every n-gram of order 1..``order`` in ``segments``. With a ``memory`` budget (bytes), each
+    order is counted in parts, by ranges of the prefix rank, that fit it; the tables are the same
+    whatever the budget. A budget smaller than the windows of one prefix is refused."""
     ids = segments.ids
     n = len(ids)
     tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(np.int64))]
     position_rank = ids.copy()  # rank of the (k-1)-gram starting at each position
     for k in range(2, order + 1):
-        starts = np.arange(max(n - k + 1, 0))
-        starts = starts[segments.segment[starts] == segments.segment[starts + k - 1]]
-        keys = position_rank[starts] * vocab_size + ids[starts + k - 1]
-        unique, first_index, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-        at = starts[first_index]  # one occurrence of each n-gram
+        windows = max(n - k + 1, 0)
+        inside = segments.offset[k - 1 : k - 1 + windows] >= k - 1  # windows at 0..n-k that stay in their segment
+        prefix_rank = position_rank[:windows]
+        parts = _parts(prefix_rank, inside, len(tables[-1]), memory, k)
         next_rank = np.full(n, -1, dtype=np.int64)
-        next_rank[starts] = inverse
-        suffix = position_rank[at + 1]  # the (k-1)-gram starting one later
-        tables.append(Table(k, unique, counts.astype(np.int64), unique // vocab_size, unique % vocab_size, suffix, ids[at]))
+        pieces, ranked = [], 0
+        for low, high in parts:
+            starts = np.flatnonzero(inside & (prefix_rank >= low) & (prefix_rank < high)) if len(parts) > 1 else np.flatnonzero(inside)
+            keys = prefix_rank[starts] * vocab_size + ids[starts + k - 1]
+            unique, first_index, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+            del keys
+            at = starts[first_index]  # one occurrence of each n-gram
+            next_rank[starts] = inverse + ranked
+            del starts, inverse
+            # the (k-1)-gram starting one later is the suffix
+            pieces.append((unique, counts.astype(np.int64), position_rank[at + 1], ids[at].astype(np.int32)))
+            ranked += len(unique)
+        keys, counts, suffix, first = (np.concatenate(column) if column else np.zeros(0, np.int64) for column in zip(*pieces))
+        tables.append(Table(k, keys, counts, suffix, first.astype(np.int32), vocab_size))
         position_rank = next_rank
     return tables
+
+
+def _parts(prefix_rank: np.ndarray, inside: np.ndarray, prefixes: int, memory: int | None, k: int) -> list[tuple[int, int]]:
+    """Ranges of prefix ranks whose windows fit ``memory`` (one range for all without a budget)."""
+    if memory is None or int(inside.sum()) * BYTES_PER_POSITION <= memory:
+        return [(0, prefixes)]
+    per_prefix = np.bincount(prefix_rank[inside], minlength=prefixes)
+    fits = memory // BYTES_PER_POSITION
+    if per_prefix.max() > fits:
+        need = int(per_prefix.max()) * BYTES_PER_POSITION
+        raise SeqLabError(f"ngram.memory: {memory:,} bytes cannot hold the {int(per_prefix.max()):,} order-{k} windows "
+                          f"of one prefix (at least {need:,} bytes); give counting more memory")
+    cumulative = np.cumsum(per_prefix)
+    bounds, low, before = [], 0, 0
+    while low < prefixes:  # greedy: each part takes the prefixes that still fit
+        high = int(np.searchsorted(cumulative, before + fits, side="right"))
+        bounds.append((low, high))
+        low, before = high, int(cumulative[high - 1])
+    return bounds
 
 
 def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Table]:
@@ -125,7 +162,7 @@ def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Tabl
         keep = table.counts > threshold
         prefix, suffix = new_rank[table.prefix[keep]], new_rank[table.suffix[keep]]
         word = table.word[keep]
-        pruned.append(Table(table.order, prefix * vocab_size + word, table.counts[keep], prefix, word, suffix, table.first[keep]))
+        pruned.append(Table(table.order, prefix * vocab_size + word, table.counts[keep], suffix, table.first[keep], vocab_size))
         new_rank = np.cumsum(keep) - 1
         new_rank[~keep] = -1
     return pruned

@@ -121,11 +121,11 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
     for k in range(2, len(tables) + 1):
         table, a = tables[k - 1], adjusted[k - 1]
         d = discount.apply(a, discounts[k - 1])
-        n_contexts = len(tables[k - 2])
-        context_total = np.bincount(table.prefix, weights=a, minlength=n_contexts)
-        gamma = np.divide(np.bincount(table.prefix, weights=d, minlength=n_contexts), context_total,
+        n_contexts, prefix = len(tables[k - 2]), table.prefix
+        context_total = np.bincount(prefix, weights=a, minlength=n_contexts)
+        gamma = np.divide(np.bincount(prefix, weights=d, minlength=n_contexts), context_total,
                           out=np.ones(n_contexts), where=context_total > 0)
-        probs.append((a - d) / context_total[table.prefix] + gamma[table.prefix] * probs[k - 2][table.suffix])
+        probs.append((a - d) / context_total[prefix] + gamma[prefix] * probs[k - 2][table.suffix])
         backoffs.append(gamma)
     backoffs.append(np.ones(len(tables[-1])))
     return probs, backoffs, {"discounts": [list(map(float, x)) for x in discounts]}
@@ -142,11 +142,11 @@ def _absolute_backoff(tables: list[Table], bos: int) -> tuple[list, list, dict]:
     backoffs = []
     for k in range(2, len(tables) + 1):
         table, c = tables[k - 1], counts[k - 1]
-        n_contexts = len(tables[k - 2])
-        context_total = np.bincount(table.prefix, weights=c, minlength=n_contexts)
-        types = np.bincount(table.prefix, minlength=n_contexts)
-        p = (c - discounts[k - 1]) / context_total[table.prefix]
-        lower_seen = np.bincount(table.prefix, weights=probs[k - 2][table.suffix], minlength=n_contexts)
+        n_contexts, prefix = len(tables[k - 2]), table.prefix
+        context_total = np.bincount(prefix, weights=c, minlength=n_contexts)
+        types = np.bincount(prefix, minlength=n_contexts)
+        p = (c - discounts[k - 1]) / context_total[prefix]
+        lower_seen = np.bincount(prefix, weights=probs[k - 2][table.suffix], minlength=n_contexts)
         left = np.divide(discounts[k - 1] * types, context_total, out=np.zeros(n_contexts), where=context_total > 0)
         alpha = np.divide(left, 1.0 - lower_seen, out=np.ones(n_contexts), where=context_total > 0)
         probs.append(p)
@@ -297,8 +297,8 @@ def estimate(
         probs, backoffs, model.params = _absolute_backoff(tables, bos)
     if estimator in BACKOFF_FORM:
         with np.errstate(divide="ignore"):
-            model.logp = [np.log(p) for p in probs]
-            model.logbo = [np.log(b) for b in backoffs]
+            model.logp = [np.log(p, out=p) for p in probs]  # in place: no second copy of the model's numbers
+            model.logbo = [np.log(b, out=b) for b in backoffs]
         return model
     needs_valid = (estimator == "jm" and lambdas is None) or (estimator == "addk" and k is None)
     if needs_valid and valid is None:
