@@ -14,7 +14,7 @@ from seqlab.ngram.counts import Table
 
 def adjusted_counts(tables: list[Table], bos: int) -> list[np.ndarray]:
     adjusted = [np.zeros(0)] * len(tables)
-    adjusted[-1] = tables[-1].counts.astype(np.int64)
+    adjusted[-1] = tables[-1].counts.astype(np.int64, copy=False)
     for k in range(len(tables) - 1, 0, -1):
         lower, higher = tables[k - 1], tables[k]
         continuation = np.bincount(higher.suffix, minlength=len(lower)).astype(np.int64)

@@ -120,12 +120,20 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
     backoffs = []
     for k in range(2, len(tables) + 1):
         table, a = tables[k - 1], adjusted[k - 1]
+        adjusted[k - 1] = None  # each order's arrays go once used: the model, not its making, sets the peak
         d = discount.apply(a, discounts[k - 1])
         n_contexts, prefix = len(tables[k - 2]), table.prefix
         context_total = np.bincount(prefix, weights=a, minlength=n_contexts)
         gamma = np.divide(np.bincount(prefix, weights=d, minlength=n_contexts), context_total,
                           out=np.ones(n_contexts), where=context_total > 0)
-        probs.append((a - d) / context_total[prefix] + gamma[prefix] * probs[k - 2][table.suffix])
+        p = np.subtract(a, d, out=d)  # (a - d) / total + gamma * lower, in place
+        del a
+        p /= context_total[prefix]
+        lower = probs[k - 2][table.suffix]
+        lower *= gamma[prefix]
+        p += lower
+        del lower, prefix
+        probs.append(p)
         backoffs.append(gamma)
     backoffs.append(np.ones(len(tables[-1])))
     return probs, backoffs, {"discounts": [list(map(float, x)) for x in discounts]}
