@@ -116,20 +116,25 @@ def test_arpa_round_trip_scores_identically(tmp_path, estimator):
     np.testing.assert_allclose(loaded.log_probs(test), model.log_probs(test), rtol=0, atol=1e-7)
 
 
-def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypatch):
-    """Each order counted in parts by prefix ranges (a budget of one frequent word's windows): the same
-    tables, array for array, and so the same model."""
+@pytest.mark.parametrize("cut", ["by prefix", "within a prefix"])
+def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypatch, cut):
+    """Each order counted in parts of the key space that fit the budget: whole prefixes (a budget of the
+    most frequent word's windows), or a frequent prefix split by its next word (a budget of the most
+    frequent n-gram's windows). The same tables, array for array, and so the same model."""
     from seqlab.ngram import counts
 
     rng = np.random.default_rng(0)
-    sentences = [list(rng.integers(3, 40, size=rng.integers(1, 30))) for _ in range(300)]
+    sentences = [list(np.where(rng.random(n) < 0.4, 3, rng.integers(4, 40, size=n))) for n in rng.integers(1, 30, size=300)]
     corpus = Segments.from_sentences(sentences, 1, 2)
-    budget = int(np.bincount(corpus.ids).max()) * counts.BYTES_PER_POSITION  # a prefix's windows never exceed its first word's count
+    whole = count(corpus, 5, 40)
+    most = int(np.bincount(corpus.ids).max()) if cut == "by prefix" else max(int(t.counts.max()) for t in whole[1:])
     split = []
     parts = counts._parts
     monkeypatch.setattr(counts, "_parts", lambda *a: split.append(parts(*a)) or split[-1])
-    whole, budgeted = count(corpus, 5, 40), count(corpus, 5, 40, memory=budget)
-    assert [len(p) > 3 for p in split[4:]] == [True] * 4  # the budgeted run: every order in several parts
+    budgeted = count(corpus, 5, 40, memory=most * counts.BYTES_PER_POSITION)
+    assert all(len(p) > 1 for p in split)  # every order in several parts
+    within = any(low % 40 or high % 40 for p in split for low, high in p)
+    assert within == (cut == "within a prefix")
     for a, b in zip(whole, budgeted):
         for name in ("keys", "counts", "suffix", "first"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
@@ -137,10 +142,10 @@ def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypa
     np.testing.assert_array_equal(estimate("mkn", budgeted, 40, 1).log_probs(test), estimate("mkn", whole, 40, 1).log_probs(test))
 
 
-def test_a_budget_too_small_for_one_prefix_is_one_line():
+def test_a_budget_too_small_for_one_n_gram_is_one_line():
     from seqlab.ngram import counts
 
-    with pytest.raises(SeqLabError, match=r"^ngram.memory: 64 bytes cannot hold the \d+ order-2 windows of one prefix "
+    with pytest.raises(SeqLabError, match=r"^ngram.memory: 64 bytes cannot hold the \d+ windows of one order-2 n-gram "
                                           r"\(at least [\d,]+ bytes\); give counting more memory$"):
         count(segments(TRAIN), 3, V, memory=counts.BYTES_PER_POSITION)
 

@@ -100,8 +100,9 @@ BYTES_PER_POSITION = 64  # what counting holds per window of a part: its positio
 
 def count(segments: Segments, order: int, vocab_size: int, memory: int | None = None) -> list[Table]:
     """Count every n-gram of order 1..``order`` in ``segments``. With a ``memory`` budget (bytes), each
-    order is counted in parts, by ranges of the prefix rank, that fit it; the tables are the same
-    whatever the budget. A budget smaller than the windows of one prefix is refused."""
+    order is counted in parts, ranges of the sorted keys that fit it (a frequent prefix split by its
+    next word); the tables are the same whatever the budget. A budget smaller than the windows of one
+    n-gram is refused."""
     ids = segments.ids
     n = len(ids)
     tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(np.int64))]
@@ -110,12 +111,18 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
         windows = max(n - k + 1, 0)
         inside = segments.offset[k - 1 : k - 1 + windows] >= k - 1  # windows at 0..n-k that stay in their segment
         prefix_rank = position_rank[:windows]
-        parts = _parts(prefix_rank, inside, len(tables[-1]), memory, k)
+        parts = _parts(prefix_rank, inside, ids[k - 1 : k - 1 + windows], len(tables[-1]), vocab_size, memory, k)
         next_rank = np.full(n, -1, dtype=np.int64)
         pieces, ranked = [], 0
-        for low, high in parts:
-            starts = np.flatnonzero(inside & (prefix_rank >= low) & (prefix_rank < high)) if len(parts) > 1 else np.flatnonzero(inside)
+        for low, high in parts:  # key ranges, in order
+            if len(parts) == 1:
+                starts = np.flatnonzero(inside)
+            else:  # the prefixes the range touches, then the keys inside it
+                starts = np.flatnonzero(inside & (prefix_rank >= low // vocab_size) & (prefix_rank <= (high - 1) // vocab_size))
             keys = prefix_rank[starts] * vocab_size + ids[starts + k - 1]
+            if len(parts) > 1 and (low % vocab_size or high % vocab_size):  # a prefix split between parts
+                keep = (keys >= low) & (keys < high)
+                starts, keys = starts[keep], keys[keep]
             unique, first_index, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
             del keys
             at = starts[first_index]  # one occurrence of each n-gram
@@ -124,28 +131,44 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
             # the (k-1)-gram starting one later is the suffix
             pieces.append((unique, counts.astype(np.int64), position_rank[at + 1], ids[at].astype(np.int32)))
             ranked += len(unique)
-        keys, counts, suffix, first = (np.concatenate(column) if column else np.zeros(0, np.int64) for column in zip(*pieces))
+        keys, counts, suffix, first = (np.concatenate(column) for column in zip(*pieces))
         tables.append(Table(k, keys, counts, suffix, first.astype(np.int32), vocab_size))
         position_rank = next_rank
     return tables
 
 
-def _parts(prefix_rank: np.ndarray, inside: np.ndarray, prefixes: int, memory: int | None, k: int) -> list[tuple[int, int]]:
-    """Ranges of prefix ranks whose windows fit ``memory`` (one range for all without a budget)."""
+def _parts(prefix_rank: np.ndarray, inside: np.ndarray, last: np.ndarray, prefixes: int, vocab_size: int,
+           memory: int | None, k: int) -> list[tuple[int, int]]:
+    """Ranges [low, high) of keys whose windows fit ``memory`` (one range for all without a budget).
+    Cells of the key space are cut greedily: a prefix whole, or, where its windows alone exceed the
+    budget, the prefix followed by each next word (``last``: the window's last word)."""
+    everything = [(0, prefixes * vocab_size)]
     if memory is None or int(inside.sum()) * BYTES_PER_POSITION <= memory:
-        return [(0, prefixes)]
-    per_prefix = np.bincount(prefix_rank[inside], minlength=prefixes)
+        return everything
     fits = memory // BYTES_PER_POSITION
-    if per_prefix.max() > fits:
-        need = int(per_prefix.max()) * BYTES_PER_POSITION
-        raise SeqLabError(f"ngram.memory: {memory:,} bytes cannot hold the {int(per_prefix.max()):,} order-{k} windows "
-                          f"of one prefix (at least {need:,} bytes); give counting more memory")
-    cumulative = np.cumsum(per_prefix)
-    bounds, low, before = [], 0, 0
-    while low < prefixes:  # greedy: each part takes the prefixes that still fit
-        high = int(np.searchsorted(cumulative, before + fits, side="right"))
-        bounds.append((low, high))
-        low, before = high, int(cumulative[high - 1])
+    per_prefix = np.bincount(prefix_rank[inside], minlength=prefixes)
+    heavy = np.flatnonzero(per_prefix > fits)
+    cell_keys, cell_windows, start = [], [], 0
+    for prefix in heavy.tolist():  # few: together they hold at most all windows over the budget
+        cell_keys.append(np.arange(start, prefix, dtype=np.int64) * vocab_size)
+        cell_windows.append(per_prefix[start:prefix])
+        per_word = np.bincount(last[inside & (prefix_rank == prefix)], minlength=vocab_size)
+        if per_word.max() > fits:
+            raise SeqLabError(f"ngram.memory: {memory:,} bytes cannot hold the {int(per_word.max()):,} windows of one "
+                              f"order-{k} n-gram (at least {int(per_word.max()) * BYTES_PER_POSITION:,} bytes); "
+                              "give counting more memory")
+        words = np.flatnonzero(per_word)
+        cell_keys.append(prefix * vocab_size + words)
+        cell_windows.append(per_word[words])
+        start = prefix + 1
+    cell_keys.append(np.arange(start, prefixes, dtype=np.int64) * vocab_size)
+    cell_windows.append(per_prefix[start:])
+    keys, cumulative = np.concatenate(cell_keys), np.cumsum(np.concatenate(cell_windows))
+    bounds, cell, before = [], 0, 0
+    while cell < len(keys):  # greedy: each part takes the cells that still fit
+        next_cell = int(np.searchsorted(cumulative, before + fits, side="right"))
+        bounds.append((int(keys[cell]) if bounds else 0, int(keys[next_cell]) if next_cell < len(keys) else everything[0][1]))
+        cell, before = next_cell, int(cumulative[next_cell - 1])
     return bounds
 
 
