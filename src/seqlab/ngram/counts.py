@@ -20,7 +20,7 @@ from seqlab.scoring import Segments
 @dataclass
 class Table:
     """The n-grams of one order, sorted; ``suffix`` is the rank of each n-gram without its first word.
-    Prefix ranks and last words are read off the keys rather than stored: 20 bytes an n-gram."""
+    Prefix ranks and last words are read off the keys rather than stored: 28 bytes an n-gram."""
 
     order: int
     keys: np.ndarray  # int64, sorted unique: prefix * V + word (order 1: the word id)
