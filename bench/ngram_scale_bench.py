@@ -1,26 +1,26 @@
 """N-gram estimation at scale, side by side with KenLM's ``lmplz`` on the same synthetic Zipfian text.
 
 For each size: a seeded corpus (vocabulary 50k, word ranks drawn from Zipf's law with exponent 1,
-sentences of 1 + Poisson(19) words) written as token files; SeqLab's modified Kneser-Ney order 5
-built in a process of its own (the token file read as the ngram stage reads it, then count +
-estimate, with params.yaml's counting budget of 512M; wall time and peak RSS of that process); ``lmplz -o 5 -S 20% --discount_fallback`` on the same
-text (wall time and peak RSS; the fallback because from about 10M tokens every word of this text
-follows two or more others, so no unigram has adjusted count 1 and lmplz stops, where SeqLab falls
-back to the same discounts 0.5, 1, 1.5); both models' test perplexity on the same test tokens, SeqLab's by its one scoring
-path, lmplz's ARPA by KenLM's own query code. ``lmplz`` is built from the source in the ``kenlm`` sdist when it is not on
-the PATH (needs cmake, a C++ compiler and Boost: apt-get install cmake libboost-program-options-dev
-libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev).
+sentences of 1 + Poisson(19) words) written as token files. SeqLab's modified Kneser-Ney order 5 is
+built in a process of its own: the token file read as the ngram stage reads it, then count (within
+params.yaml's counting budget, 512M) and estimate, then the ARPA; wall time and peak RSS of that
+process. ``lmplz -o 5 -S 20% --discount_fallback`` runs on the same text (wall time and peak RSS);
+the fallback because from about 10M tokens every word of this text follows two or more others, so
+no unigram has adjusted count 1 and lmplz stops, where SeqLab falls back to the same discounts 0.5,
+1, 1.5. Both models' test perplexity on the same test tokens: SeqLab's by its one scoring path,
+lmplz's ARPA by KenLM's own query code. ``lmplz`` is built from the source in the ``kenlm`` sdist
+when it is not on the PATH (needs cmake, a C++ compiler and Boost: apt-get install cmake
+libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev
+libbz2-dev liblzma-dev).
 
-    python bench/ngram_scale_bench.py [--tokens 1M 16M] [--work DIR] [--lmplz PATH]
+    python bench/ngram_scale_bench.py [--tokens 1M 16M 100M] [--work DIR] [--lmplz PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
