@@ -22,12 +22,14 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import psutil
 import yaml
 
 from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, sha256_text, write_json
 from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
+from seqlab.ngram.counts import model_bytes
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.model_file import save_model
 from seqlab.registry import registered_name
@@ -108,6 +110,12 @@ def main() -> None:
         SHARED.update(cfg=cfg, vocab=vocab, counted={},
                       splits={split: load_eval_set(paths.TOKENS, split, vocab) for split in ("train", "valid", "test")})
         workers = min(len(todo), os.cpu_count() or 1)
+        positions, highest = len(SHARED["splits"]["train"].segments.ids), max(order for _, order, _ in todo)
+        need, free = model_bytes(positions, highest, len(vocab)), psutil.virtual_memory().available
+        if workers > 1 and need * workers > free:  # each worker holds the model it builds
+            workers = max(1, free // need)
+            print(f"ngram: {workers} worker(s): an order-{highest} model of {positions:,} train positions may take up to "
+                  f"{need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB is free")
         # the builds run in forked workers, the MLflow runs and registrations here, in grid order
         with tempfile.TemporaryDirectory() as packed, ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             jobs = []

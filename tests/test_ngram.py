@@ -142,6 +142,17 @@ def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypa
     np.testing.assert_array_equal(estimate("mkn", budgeted, 40, 1).log_probs(test), estimate("mkn", whole, 40, 1).log_probs(test))
 
 
+@pytest.mark.parametrize("order", [1, 3, 5])
+def test_a_models_memory_is_bounded_before_it_is_counted(order):
+    from seqlab.ngram.counts import MODEL_BYTES_PER_NGRAM, model_bytes
+
+    corpus = segments(TRAIN)
+    model = estimate("mkn", count(corpus, order, V), V, B)
+    held = sum(t.keys.nbytes + t.counts.nbytes + t.suffix.nbytes + t.first.nbytes for t in model.tables)
+    held += sum(a.nbytes for a in model.logp + model.logbo)
+    assert held <= model_bytes(len(corpus.ids), order, V) and sum(map(len, model.tables)) * MODEL_BYTES_PER_NGRAM >= held
+
+
 def test_a_budget_too_small_for_one_n_gram_is_one_line():
     from seqlab.ngram import counts
 

@@ -96,6 +96,13 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
 
 
 BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and np.unique's sort
+MODEL_BYTES_PER_NGRAM = 28 + 16  # a table's row, and the estimate's log-probability and back-off weight
+
+
+def model_bytes(positions: int, order: int, vocab_size: int) -> int:
+    """At most the memory of an order-``order`` model counted from ``positions`` train positions: each
+    position starts at most one n-gram of each order 2..``order``, and order 1 is the vocabulary."""
+    return (positions * max(order - 1, 0) + vocab_size) * MODEL_BYTES_PER_NGRAM
 
 
 def count(segments: Segments, order: int, vocab_size: int, memory: int | None = None) -> list[Table]:
