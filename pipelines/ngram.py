@@ -29,8 +29,8 @@ from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, sha256_text, write_json
 from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
-from seqlab.ngram.counts import model_bytes
 from seqlab.ngram.arpa import write_arpa
+from seqlab.ngram.counts import model_bytes
 from seqlab.ngram.model_file import save_model
 from seqlab.registry import registered_name
 from seqlab.scoring import Summary, load_eval_set, score

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from itertools import repeat
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
