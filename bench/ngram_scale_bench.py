@@ -112,7 +112,7 @@ def vocabulary(folder: Path):
         counts = Counter()
         for block in read_line_blocks(folder / "train.txt"):
             counts.update(token for line in block for token in line.split(" "))
-        save_vocab(build_vocab([list(counts.elements())]), folder / "vocab")
+        save_vocab(build_vocab([counts.elements()]), folder / "vocab")  # one pass over the counts, not a list of every token
     return load_vocab(folder / "vocab")
 
 
