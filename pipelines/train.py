@@ -6,6 +6,8 @@ metrics/train_history.csv, plots/learning_curve.png.
 with its changes) -> models/baselines/NAME/, metrics/baselines/NAME.json, NAME_history.csv, NAME.png.
 
 An interrupted run (Ctrl-C, kill -9) resumes from its checkpoints/ folder on the next `dvc repro`.
+With `train.workers: N` (N > 1) the same training runs data-parallel on N Ray Train workers
+(seqlab.ray_train), on tune.address's cluster or a local Ray instance.
 """
 
 import argparse
@@ -71,8 +73,13 @@ def main() -> None:
              "lr": r.lr, "tokens_seen": r.tokens}, step=r.round)
         started = time.perf_counter()
         task = LanguageModelTask(train_set.segments.ids, valid.segments.ids, valid.scored, vocab.sha256)
-        result = fit(model, task, cfg, out.checkpoints,
-                     fingerprint(config.as_dict(), cfg.model_dump(), vocab.sha256, dvc_md5(paths.TOKENS)), log_round)
+        run_fingerprint = fingerprint(config.as_dict(), cfg.model_dump(), vocab.sha256, dvc_md5(paths.TOKENS))
+        if cfg.workers > 1:
+            from seqlab.ray_train import fit_on_workers
+
+            result = fit_on_workers(config, task, cfg, params.tune, out.checkpoints, run_fingerprint, log_round)
+        else:
+            result = fit(model, task, cfg, out.checkpoints, run_fingerprint, log_round)
         seconds = time.perf_counter() - started
         best = load_checkpoint(f"{out.checkpoints}/best.pt", vocab.sha256)
         scorer = NeuralLM(best, cfg.eval_batch_size, cfg.eval_window)

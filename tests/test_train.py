@@ -40,6 +40,11 @@ def test_early_stopping_after_patience_rounds_without_improvement(tmp_path):
     assert result.stopped_early and len(result.history) == 3 and result.best_round == 1
 
 
+def test_a_model_blown_up_by_its_rate_has_an_infinite_perplexity_not_a_crash(tmp_path):
+    _, result = run(tmp_path, cfg=with_train(lr=1e6, tokens=PASS))  # clipping keeps the loss finite, far past exp's range
+    assert result.history[0].valid_loss > 1e3 and result.history[0].valid_ppl == math.inf == result.best_valid_ppl
+
+
 def test_the_budget_is_tokens_seen_in_rounds_whatever_the_corpus_size(tmp_path):
     """Five passes' worth of tokens over the stream, or fifteen over a third of it: the same steps,
     rounds and schedule; the short stream is read again from its start as often as it takes."""

@@ -218,6 +218,13 @@ class TrainParams(LoopParams):
     """The language model's training: the loop's settings and the BPTT window."""
 
     bptt: int = Field(ge=1)  # tokens per truncated-BPTT window (steps = tokens / (batch_size * bptt))
+    workers: int = Field(ge=1)  # 1: this process; N: Ray Train's TorchTrainer, N DDP workers sharing batch_size's rows
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainParams":
+        if self.batch_size % self.workers:
+            raise ValueError(f"workers: {self.workers} must divide batch_size: {self.batch_size} (each worker takes an equal share of the rows)")
+        return self
 
     @property
     def eval_window(self) -> int:

@@ -3,7 +3,9 @@
 The train split is one stream of token ids cut into ``batch_size`` contiguous rows; each step reads
 the next ``bptt`` columns, and the model's state (recurrent state and attention cache) is carried to
 the next window, detached. A pass ends at the stream's end; the next starts again from its start with
-a fresh state. The valid split is scored by the same function the evaluation uses.
+a fresh state. The valid split is scored by the same function the evaluation uses. Data-parallel
+workers each take an equal share of the rows (worker r the r-th), so together they see what one
+process would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from seqlab.config import TrainParams
 from seqlab.errors import SeqLabError
 from seqlab.models.checkpoint import save_checkpoint
 from seqlab.models.neural_lm import stream_log_probs
-from seqlab.training.loop import State
+from seqlab.training.loop import State, group
 
 
 def batchify(ids: np.ndarray, batch_size: int) -> torch.Tensor:
@@ -43,8 +45,9 @@ class LanguageModelTask:
         self.train_ids, self.valid_ids, self.valid_scored, self.vocab_sha256 = train_ids, valid_ids, valid_scored, vocab_sha256
 
     def prepare(self, cfg: TrainParams, device: torch.device) -> int:
-        self.batch_size, self.bptt = cfg.batch_size, cfg.bptt
-        self.data = batchify(self.train_ids, cfg.batch_size).to(device)
+        rank, workers = group()  # a data-parallel worker takes its own rows of the batch
+        self.batch_size, self.bptt = cfg.batch_size // workers, cfg.bptt
+        self.data = batchify(self.train_ids, cfg.batch_size)[rank * self.batch_size : (rank + 1) * self.batch_size].to(device)
         return (self.data.shape[1] - 1 + cfg.bptt - 1) // cfg.bptt  # windows per pass
 
     def tokens_per_step(self, cfg: TrainParams) -> int:

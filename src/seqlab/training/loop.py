@@ -17,6 +17,13 @@ optimizer, schedule, random state, the step, the carried state, history) is writ
 ``workdir/last.pt``, beside the best model so far, ``workdir/best.pt``. A run started with the same
 settings continues from there and ends with the same weights and metrics as one that was never
 interrupted.
+
+Data-parallel (``train.workers`` > 1, started by ``seqlab.ray_train``): inside a ``torch.distributed``
+process group each worker takes its share of the batch (the task's ``prepare`` cuts it), the task's
+loss runs under DistributedDataParallel, whose averaged gradients equal those of the whole batch, and
+the loop keeps every worker in step: the loss and token counts summed over the workers every step,
+the valid loss computed by worker 0 and sent to all, the resume checkpoint written by worker 0 with
+every worker's random and carried state, and read back by worker 0 and sent to all.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from seqlab.config import LoopParams
@@ -66,16 +74,54 @@ class Task(Protocol):
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device ``train.device`` names: a CUDA device is the current one (a data-parallel worker's own)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise SeqLabError("train.device is cuda, but no CUDA device is available")
-    return torch.device(name)
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def group() -> tuple[int, int]:
+    """This worker's rank and the number of workers: (0, 1) outside a data-parallel process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Batch(nn.Module):
+    """A task's loss as a module's forward, so that DistributedDataParallel sees every step's forward."""
+
+    def __init__(self, model: nn.Module, task: Task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, step: int, state: State) -> tuple[torch.Tensor, State, int]:
+        return self.task.loss(self.model, step, state)
+
+
+def _sum(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over the workers."""
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def _from_first(value, device: torch.device):
+    """Worker 0's ``value`` (any picklable object), on every worker."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
 
 
 def fingerprint(*parts) -> str:
     """Equal for runs that would train identically: configs, vocabulary and data."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), infinite past what a float holds (a loss above 709.78, as a model blowing up gives)."""
+    return math.exp(loss) if loss < 709.78 else math.inf
 
 
 @dataclass
@@ -101,7 +147,7 @@ class Result:
 
     @property
     def best_valid_ppl(self) -> float:
-        return math.exp(self.best_valid_loss)
+        return perplexity(self.best_valid_loss)
 
 
 @dataclass(frozen=True)
@@ -159,8 +205,17 @@ def fit(
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    rank, workers = group()
+    progress = progress and rank == 0
     model.to(device)
     per_pass = task.prepare(cfg, device)
+    batch = _Batch(model, task)
+    if workers > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # broadcasts worker 0's weights; its backward averages the gradients over the workers
+        batch = DistributedDataParallel(batch, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+                                        find_unused_parameters=True)  # an adaptive softmax's tail clusters sit out batches without their words
     plan = Plan.of(cfg, task.tokens_per_step(cfg))
     optimizer = adam(model, cfg.lr)
     scheduler = schedule(optimizer, cfg, plan)
@@ -169,41 +224,54 @@ def fit(
     resumed_from, stopped_early, running = None, False, (0.0, 0)  # loss sum, loss count this round
     best_path, resume_path = Path(workdir) / "best.pt", Path(workdir) / "last.pt"
     saved_at: dict[Path, str] = {}  # the checkpoints this run can go back to, and when they were written
-    if resume_path.exists():
+    saved = None  # what worker 0 read from resume_path, sent to every worker
+    if rank == 0 and resume_path.exists():
         try:
-            saved = torch.load(resume_path, map_location=device, weights_only=True)
+            saved = torch.load(resume_path, map_location="cpu", weights_only=True)
         except Exception as err:  # a resume file from another version, or damaged: not worth stopping for
             print(f"{resume_path}: unreadable ({type(err).__name__}); starting afresh")
             saved = {}
+    if workers > 1:
+        saved = _from_first(saved, device)
+    if saved is not None:
         if saved.get("fingerprint") == run_fingerprint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["rng"].cpu())
-            if device.type == "cuda" and "cuda_rng" in saved:
-                torch.cuda.set_rng_state(saved["cuda_rng"].cpu())
+            own = saved["workers"][rank - 1] if rank else saved  # a worker's random and carried state
+            torch.set_rng_state(own["rng"].cpu())
+            if device.type == "cuda" and "cuda_rng" in own:
+                torch.cuda.set_rng_state(own["cuda_rng"].cpu())
             history = [Round(**r) for r in json.loads(saved["history"])]
             best, bad_rounds, step, tokens = saved["best"], saved["bad_rounds"], saved["step"], saved["tokens"]
             stopped_early, running = saved["stopped_early"], tuple(saved["running"])
-            state = {k: v.to(device) for k, v in saved["state"].items()} if saved["state"] else None
+            state = {k: v.to(device) for k, v in own["state"].items()} if own["state"] else None
             resumed_from = f"step {step}"
-            print(f"{resume_path}: resuming from {resumed_from} of {plan.total}")
+            if progress:
+                print(f"{resume_path}: resuming from {resumed_from} of {plan.total}")
             saved_at[resume_path] = f"step {step}"
             if best_path.exists():
                 saved_at[best_path] = f"best, round {min(history, key=lambda r: r.valid_loss).round}" if history else "best"
             for record in history:
                 on_round(record)
-        else:
+        elif rank == 0:
             print(f"{resume_path}: left by a run with other settings or data; starting afresh")
 
     def save_resume() -> None:
-        payload = {"fingerprint": run_fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                   "history": json.dumps([asdict(r) for r in history]), "best": best, "bad_rounds": bad_rounds,
-                   "step": step, "tokens": tokens, "state": state or {}, "stopped_early": stopped_early,
-                   "running": list(running)}
+        own = {"rng": torch.get_rng_state(), "state": {k: v.cpu() for k, v in (state or {}).items()}}
         if device.type == "cuda":
-            payload["cuda_rng"] = torch.cuda.get_rng_state()
+            own["cuda_rng"] = torch.cuda.get_rng_state()
+        if workers > 1:  # every worker's own part, to worker 0
+            parts = [None] * workers if rank == 0 else None
+            dist.gather_object(own, parts, dst=0)
+        if rank:
+            return
+        payload = {"fingerprint": run_fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), **own,
+                   "history": json.dumps([asdict(r) for r in history]), "best": best, "bad_rounds": bad_rounds,
+                   "step": step, "tokens": tokens, "stopped_early": stopped_early, "running": list(running)}
+        if workers > 1:
+            payload["workers"] = parts[1:]
         with atomic_path(resume_path) as tmp:
             torch.save(payload, tmp)
         saved_at[resume_path] = f"step {step}"
@@ -232,8 +300,11 @@ def fit(
             if step % per_pass == 0 or state is None:  # a pass over the data starts: nothing to carry
                 state = task.start_pass(model, device)
             with autocast(device, cfg.amp):
-                loss, state, count = task.loss(model, step % per_pass, state)
+                loss, state, count = batch(step % per_pass, state)
             value = loss.item()
+            if workers > 1:  # the whole batch's mean loss and target tokens
+                loss_total, count = _sum([value * count, count], device)
+                value, count = loss_total / count, int(count)
             if not math.isfinite(value):
                 diverged(f"the training loss is {value}", step + 1)
             optimizer.zero_grad(set_to_none=True)
@@ -251,7 +322,7 @@ def fit(
             bar.update(1)
             if step % 10 == 0 or step == end:
                 mean = loss_sum / loss_count
-                bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(mean):.1f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+                bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{perplexity(mean):.1f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}")
             if step % cfg.checkpoint_every == 0 and step < end:
                 state = task.detach(state)
                 check_weights(step)
@@ -259,17 +330,20 @@ def fit(
         bar.close()
         seconds = time.perf_counter() - started
         check_weights(step)
-        loss_now = task.valid_loss(model, cfg)
+        loss_now = task.valid_loss(model, cfg) if rank == 0 else None
+        if workers > 1:
+            loss_now = _from_first(loss_now, device)
         if not math.isfinite(loss_now):
             diverged(f"the valid loss is {loss_now}", step)
-        record = Round(index + 1, step, tokens, loss_sum / max(loss_count, 1), loss_now, math.exp(loss_now),
+        record = Round(index + 1, step, tokens, loss_sum / max(loss_count, 1), loss_now, perplexity(loss_now),
                        optimizer.param_groups[0]["lr"], round_tokens / seconds if seconds else 0.0, seconds)
         history.append(record)
         if cfg.schedule == "plateau":
             scheduler.step(loss_now)
         if loss_now < best:
             best, bad_rounds = loss_now, 0
-            task.save_best(best_path, model, round=record.round, valid_loss=loss_now)
+            if rank == 0:
+                task.save_best(best_path, model, round=record.round, valid_loss=loss_now)
             saved_at[best_path] = f"best, round {record.round}"
         else:
             bad_rounds += 1
