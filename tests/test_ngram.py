@@ -51,7 +51,6 @@ def test_every_distribution_sums_to_one(estimator, order, cutoffs):
             context = padded[max(0, t - order + 1) : t]
             queries = Segments(
                 np.array([tok for w in outcomes for tok in context + [w]], dtype=np.int64),
-                np.repeat(np.arange(len(outcomes)), len(context) + 1),
                 np.tile(np.arange(len(context) + 1), len(outcomes)),
             )
             with np.errstate(divide="ignore"):

@@ -14,9 +14,9 @@ from seqlab.ngram.counts import Table
 
 def adjusted_counts(tables: list[Table], bos: int) -> list[np.ndarray]:
     adjusted = [np.zeros(0)] * len(tables)
-    adjusted[-1] = tables[-1].counts.astype(np.int64, copy=False)
+    adjusted[-1] = tables[-1].counts
     for k in range(len(tables) - 1, 0, -1):
         lower, higher = tables[k - 1], tables[k]
-        continuation = np.bincount(higher.suffix, minlength=len(lower)).astype(np.int64)
+        continuation = np.bincount(higher.suffix, minlength=len(lower)).astype(lower.counts.dtype)  # the counts' width
         adjusted[k - 1] = np.where(lower.first == bos, lower.counts, continuation)
     return adjusted

@@ -20,12 +20,12 @@ from seqlab.scoring import Segments
 @dataclass
 class Table:
     """The n-grams of one order, sorted; ``suffix`` is the rank of each n-gram without its first word.
-    Prefix ranks and last words are read off the keys rather than stored: 28 bytes an n-gram."""
+    Prefix ranks and last words are read off the keys rather than stored: 20 bytes an n-gram."""
 
     order: int
     keys: np.ndarray  # int64, sorted unique: prefix * V + word (order 1: the word id)
-    counts: np.ndarray  # int64 raw counts
-    suffix: np.ndarray  # int64 rank of the suffix in the order-1 table (order 1: -1)
+    counts: np.ndarray  # raw counts: int32 as counted from fewer than 2**31 positions, else int64
+    suffix: np.ndarray  # rank of the suffix in the order-1 table, int32 or int64 as counts (order 1: -1)
     first: np.ndarray  # int32 first word
     vocab_size: int
 
@@ -46,7 +46,7 @@ class Table:
 def unigram_table(counts: np.ndarray) -> Table:
     """Order 1 holds the whole vocabulary; a word's rank is its id."""
     vocab = np.arange(len(counts), dtype=np.int64)
-    return Table(1, vocab, counts, np.full(len(counts), -1), vocab.astype(np.int32), len(counts))
+    return Table(1, vocab, counts, np.full(len(counts), -1, dtype=np.int32), vocab.astype(np.int32), len(counts))
 
 
 def rank_of(tables: list[Table], words: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -96,7 +96,7 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
 
 
 BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and np.unique's sort
-MODEL_BYTES_PER_NGRAM = 28 + 16  # a table's row, and the estimate's log-probability and back-off weight
+MODEL_BYTES_PER_NGRAM = 20 + 16  # a table's row, and the estimate's log-probability and back-off weight
 
 
 def model_bytes(positions: int, order: int, vocab_size: int) -> int:
@@ -112,21 +112,22 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
     n-gram is refused."""
     ids = segments.ids
     n = len(ids)
-    tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(np.int64))]
-    position_rank = ids.copy()  # rank of the (k-1)-gram starting at each position
+    narrow = np.int32 if n < np.iinfo(np.int32).max else np.int64  # ranks and counts below n: 4 bytes where they fit
+    tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(narrow))]
+    position_rank = ids.astype(narrow)  # rank of the (k-1)-gram starting at each position
     for k in range(2, order + 1):
         windows = max(n - k + 1, 0)
         inside = segments.offset[k - 1 : k - 1 + windows] >= k - 1  # windows at 0..n-k that stay in their segment
         prefix_rank = position_rank[:windows]
         parts = _parts(prefix_rank, inside, ids[k - 1 : k - 1 + windows], len(tables[-1]), vocab_size, memory, k)
-        next_rank = np.full(n, -1, dtype=np.int64)
+        next_rank = np.full(n, -1, dtype=narrow)
         pieces, ranked = [], 0
         for low, high in parts:  # key ranges, in order
             if len(parts) == 1:
                 starts = np.flatnonzero(inside)
             else:  # the prefixes the range touches, then the keys inside it
                 starts = np.flatnonzero(inside & (prefix_rank >= low // vocab_size) & (prefix_rank <= (high - 1) // vocab_size))
-            keys = prefix_rank[starts] * vocab_size + ids[starts + k - 1]
+            keys = prefix_rank[starts].astype(np.int64) * vocab_size + ids[starts + k - 1]
             if len(parts) > 1 and (low % vocab_size or high % vocab_size):  # a prefix split between parts
                 keep = (keys >= low) & (keys < high)
                 starts, keys = starts[keep], keys[keep]
@@ -136,7 +137,7 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
             next_rank[starts] = inverse + ranked
             del starts, inverse
             # the (k-1)-gram starting one later is the suffix
-            pieces.append((unique, counts.astype(np.int64), position_rank[at + 1], ids[at].astype(np.int32)))
+            pieces.append((unique, counts.astype(narrow), position_rank[at + 1], ids[at].astype(np.int32)))
             ranked += len(unique)
         keys, counts, suffix, first = (np.concatenate(column) for column in zip(*pieces))
         tables.append(Table(k, keys, counts, suffix, first.astype(np.int32), vocab_size))

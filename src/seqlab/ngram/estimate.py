@@ -67,7 +67,7 @@ class NGramModel:
         tokens = np.empty((len(candidates), width), dtype=np.int64)
         tokens[:, :-1] = context
         tokens[:, -1] = candidates
-        segments = Segments(tokens.ravel(), np.repeat(np.arange(len(candidates)), width), np.tile(np.arange(width), len(candidates)))
+        segments = Segments(tokens.ravel(), np.tile(np.arange(width), len(candidates)))
         out = np.full(self.vocab_size, -np.inf)
         out[candidates] = self.log_probs(segments)[width - 1 :: width]
         return out
