@@ -141,6 +141,24 @@ def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypa
     np.testing.assert_array_equal(estimate("mkn", budgeted, 40, 1).log_probs(test), estimate("mkn", whole, 40, 1).log_probs(test))
 
 
+@pytest.mark.parametrize("estimator", ["kn", "mkn"])
+def test_kneser_ney_estimated_in_slices_is_the_same_model(monkeypatch, estimator):
+    """Each order's probabilities computed a slice of n-grams at a time (context sums added up over
+    slices): the model of one slice, to the rounding of those sums."""
+    import importlib
+
+    module = importlib.import_module("seqlab.ngram.estimate")  # the module, not the function of that name
+    rng = np.random.default_rng(1)
+    sentences = [list(np.where(rng.random(n) < 0.3, 3, rng.integers(4, 40, size=n))) for n in rng.integers(1, 30, size=300)]
+    tables = count(Segments.from_sentences(sentences, 1, 2), 4, 40)
+    whole = estimate(estimator, tables, 40, 1)
+    monkeypatch.setattr(module, "CHUNK", 7)  # slices that cut through contexts
+    sliced = estimate(estimator, tables, 40, 1)
+    assert max(map(len, tables)) > 50 * module.CHUNK
+    for a, b in zip(whole.logp + whole.logbo, sliced.logp + sliced.logbo, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("order", [1, 3, 5])
 def test_a_models_memory_is_bounded_before_it_is_counted(order):
     from seqlab.ngram.counts import MODEL_BYTES_PER_NGRAM, model_bytes

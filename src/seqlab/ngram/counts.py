@@ -121,7 +121,11 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
         prefix_rank = position_rank[:windows]
         parts = _parts(prefix_rank, inside, ids[k - 1 : k - 1 + windows], len(tables[-1]), vocab_size, memory, k)
         next_rank = np.full(n, -1, dtype=narrow)
-        pieces, ranked = [], 0
+        # the order's table, filled part by part: sized for every window, of which only the n-grams found
+        # are ever written (untouched pages take no memory), then cut to them; no second copy is made
+        most = int(inside.sum())
+        columns = (np.empty(most, np.int64), np.empty(most, narrow), np.empty(most, narrow), np.empty(most, np.int32))
+        ranked = 0
         for low, high in parts:  # key ranges, in order
             if len(parts) == 1:
                 starts = np.flatnonzero(inside)
@@ -137,10 +141,14 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
             next_rank[starts] = inverse + ranked
             del starts, inverse
             # the (k-1)-gram starting one later is the suffix
-            pieces.append((unique, counts.astype(narrow), position_rank[at + 1], ids[at].astype(np.int32)))
+            for column, values in zip(columns, (unique, counts, position_rank[at + 1], ids[at])):
+                column[ranked : ranked + len(unique)] = values
             ranked += len(unique)
-        keys, counts, suffix, first = (np.concatenate(column) for column in zip(*pieces))
-        tables.append(Table(k, keys, counts, suffix, first.astype(np.int32), vocab_size))
+            del unique, counts, at
+        for column in columns:
+            column.resize(ranked, refcheck=False)  # in place: the unused end is given back
+        tables.append(Table(k, *columns, vocab_size))
+        del columns
         position_rank = next_rank
     return tables
 

@@ -108,6 +108,17 @@ def _uniform_unigrams(vocab_size: int, bos: int, seen: np.ndarray, leftover: flo
     return p
 
 
+CHUNK = 1 << 22  # n-grams an estimation step holds its working arrays for: 4M, about 100 MB of them
+
+
+def _chunks(table: Table):
+    """(rows, prefix ranks) of ``table`` in slices of ``CHUNK`` n-grams, so that what is derived per
+    n-gram on the way to its probability is held for one slice at a time, not for the whole order."""
+    for start in range(0, len(table), CHUNK):
+        rows = slice(start, start + CHUNK)
+        yield rows, table.keys[rows] // table.vocab_size
+
+
 def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, list, dict]:
     choose = discount.modified_kneser_ney if modified else discount.kneser_ney
     adjusted = adjusted_counts(tables, bos)
@@ -121,18 +132,22 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
     for k in range(2, len(tables) + 1):
         table, a = tables[k - 1], adjusted[k - 1]
         adjusted[k - 1] = None  # each order's arrays go once used: the model, not its making, sets the peak
-        d = discount.apply(a, discounts[k - 1])
-        n_contexts, prefix = len(tables[k - 2]), table.prefix
-        context_total = np.bincount(prefix, weights=a, minlength=n_contexts)
-        gamma = np.divide(np.bincount(prefix, weights=d, minlength=n_contexts), context_total,
-                          out=np.ones(n_contexts), where=context_total > 0)
-        p = np.subtract(a, d, out=d)  # (a - d) / total + gamma * lower, in place
+        n_contexts = len(tables[k - 2])
+        context_total, discounted = np.zeros(n_contexts), np.zeros(n_contexts)
+        for rows, prefix in _chunks(table):  # per context: the adjusted counts and the discounts subtracted
+            context_total += np.bincount(prefix, weights=a[rows], minlength=n_contexts)
+            discounted += np.bincount(prefix, weights=discount.apply(a[rows], discounts[k - 1]), minlength=n_contexts)
+        gamma = np.divide(discounted, context_total, out=discounted, where=context_total > 0)
+        gamma[context_total <= 0] = 1.0
+        p = np.empty(len(table))
+        for rows, prefix in _chunks(table):  # (a - d) / total + gamma * lower
+            chunk = np.subtract(a[rows], discount.apply(a[rows], discounts[k - 1]))
+            chunk /= context_total[prefix]
+            lower = probs[k - 2][table.suffix[rows]]
+            lower *= gamma[prefix]
+            chunk += lower
+            p[rows] = chunk
         del a
-        p /= context_total[prefix]
-        lower = probs[k - 2][table.suffix]
-        lower *= gamma[prefix]
-        p += lower
-        del lower, prefix
         probs.append(p)
         backoffs.append(gamma)
     backoffs.append(np.ones(len(tables[-1])))
