@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -105,6 +106,7 @@ def fit_on_workers(model_config, task, cfg: TrainParams, tune: TuneParams, workd
                               f"but {where} has {total.get('CPU', 0):g}")
         print(f"train: {cfg.workers} workers on {where}, each {'a GPU (NCCL)' if gpus else f'{cpus} CPU (gloo)'}")
         storage = tune.storage or str(workdir / "ray")
+        name = f"train-{uuid.uuid4().hex[:8]}"  # a run of its own: resuming is the loop's, from workdir/last.pt
         rounds = Queue()
         trainer = TorchTrainer(
             _worker,
@@ -113,7 +115,7 @@ def fit_on_workers(model_config, task, cfg: TrainParams, tune: TuneParams, workd
                                "crash_marker": os.environ.get(FAULT_ENV)},
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=gpus, resources_per_worker={"CPU": cpus}),
-            run_config=ray.train.RunConfig(name="train", storage_path=storage,
+            run_config=ray.train.RunConfig(name=name, storage_path=storage,
                                            failure_config=ray.train.FailureConfig(max_failures=tune.max_failures)))
         outcome = _follow(trainer, rounds, Plan.of(cfg, task.tokens_per_step(cfg)).rounds, on_round, progress)
         if isinstance(outcome, BaseException):  # TrainingFailedError and whatever else Ray raises: one line
@@ -126,6 +128,8 @@ def fit_on_workers(model_config, task, cfg: TrainParams, tune: TuneParams, workd
             shutil.copyfile(Path(folder) / "best.pt", workdir / "best.pt.tmp")
         os.replace(workdir / "best.pt.tmp", workdir / "best.pt")
         done = outcome.return_value
+        if tune.storage is None:
+            shutil.rmtree(workdir / "ray" / name, ignore_errors=True)
     finally:
         ray.shutdown()
     history = [Round(**r) for r in done["history"]]
