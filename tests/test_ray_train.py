@@ -75,6 +75,20 @@ def test_a_failure_on_the_workers_is_one_line_naming_its_cause(tmp_path, monkeyp
     assert not (tmp_path / "work" / "best.pt").exists()
 
 
+def test_an_unreachable_cluster_is_one_line_within_seconds(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(SeqLabError, match=rf"^params.yaml: tune.address: cannot reach the Ray cluster at 127.0.0.1:{port} "):
+        on_workers(tmp_path / "work", address=f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 30 and not (tmp_path / "work" / "best.pt").exists()
+
+
 @pytest.mark.parametrize("workers, batch_size", [(3, 32), (5, 4)])
 def test_workers_that_do_not_divide_the_batch_are_refused(workers, batch_size):
     from pydantic import ValidationError
