@@ -247,7 +247,7 @@ def fit(
             stopped_early, running = saved["stopped_early"], tuple(saved["running"])
             state = {k: v.to(device) for k, v in own["state"].items()} if own["state"] else None
             resumed_from = f"step {step}"
-            if progress:
+            if rank == 0:
                 print(f"{resume_path}: resuming from {resumed_from} of {plan.total}")
             saved_at[resume_path] = f"step {step}"
             if best_path.exists():
