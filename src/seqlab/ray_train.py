@@ -54,6 +54,7 @@ def _worker(config: dict[str, Any]) -> dict | None:
     if rank:
         torch.manual_seed(cfg.seed + 1_000_003 * rank)  # each worker its own dropout masks
     task = ray.get(config["task"])
+    Path(config["workdir"]).mkdir(parents=True, exist_ok=True)  # on a node of a cluster, perhaps not the driver's
 
     def on_round(record: Round) -> None:
         ray.train.report(asdict(record))
