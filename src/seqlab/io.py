@@ -40,6 +40,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def create_once(path: str | os.PathLike) -> bool:
+    """Create the empty file ``path`` unless it exists; True for the one caller, of any process, that created it."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def remove(path: str | os.PathLike) -> None:
     """Remove a file or a directory tree, if there is one."""
     path = Path(path)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from seqlab.config import TrainParams, TuneParams
 from seqlab.errors import SeqLabError
+from seqlab.io import create_once
 from seqlab.training.loop import Plan, Result, Round, perplexity
 from seqlab.tune.cluster import connect
 
@@ -60,11 +61,7 @@ def _worker(config: dict[str, Any]) -> dict | None:
         ray.train.report(asdict(record))
         if rank == 0:
             config["rounds"].put(asdict(record))  # to the driver, which logs it as it comes
-        elif config["crash_marker"]:
-            try:
-                os.close(os.open(config["crash_marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
+        elif config["crash_marker"] and create_once(config["crash_marker"]):
             os._exit(3)  # the process dies as a killed one does: no exception, no clean-up
 
     result = fit(model, task, cfg, config["workdir"], config["fingerprint"], on_round, progress=False)

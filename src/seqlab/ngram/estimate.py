@@ -137,8 +137,7 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
         for rows, prefix in _chunks(table):  # per context: the adjusted counts and the discounts subtracted
             context_total += np.bincount(prefix, weights=a[rows], minlength=n_contexts)
             discounted += np.bincount(prefix, weights=discount.apply(a[rows], discounts[k - 1]), minlength=n_contexts)
-        gamma = np.divide(discounted, context_total, out=discounted, where=context_total > 0)
-        gamma[context_total <= 0] = 1.0
+        gamma = np.divide(discounted, context_total, out=np.ones(n_contexts), where=context_total > 0)
         p = np.empty(len(table))
         for rows, prefix in _chunks(table):  # (a - d) / total + gamma * lower
             chunk = np.subtract(a[rows], discount.apply(a[rows], discounts[k - 1]))

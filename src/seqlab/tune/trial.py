@@ -13,7 +13,6 @@ search starts, that every value a dimension can take is a valid setting.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from seqlab.config import TASKS, Params, put, validation_problem, with_changes
 from seqlab.errors import SeqLabError
+from seqlab.io import create_once
 from seqlab.tune.space import Dimension, Space, overrides
 
 FAULT_ENV = "SEQLAB_FAULT_TRIAL_CRASH"  # a marker path: the first trial to create it crashes once (fault tests)
@@ -124,11 +124,7 @@ def run_trial(config: dict, data: dict) -> None:
                          "lr": record.lr, "round_seconds": record.seconds}, checkpoint=tune.Checkpoint.from_directory(str(saved)))
             shutil.rmtree(saved, ignore_errors=True)
             marker = data.get("crash_marker")
-            if marker:
-                try:
-                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    return
+            if marker and create_once(marker):
                 raise RuntimeError(f"injected trial crash ({FAULT_ENV})")
 
         torch.manual_seed(cfg.seed)
