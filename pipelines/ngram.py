@@ -32,8 +32,10 @@ from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.counts import model_bytes
 from seqlab.ngram.model_file import save_model
+from seqlab.ngram.ray_engine import count_on_ray, estimate_on_ray
 from seqlab.registry import registered_name
 from seqlab.scoring import Summary, load_eval_set, score
+from seqlab.tune.cluster import connect
 from seqlab.vocab import BOS, load_vocab
 
 BUILT_FROM = "built_from.json"
@@ -53,24 +55,29 @@ def kept(folder: Path, fingerprint: str) -> bool:
 
 
 def build(estimator: str, order: int, folder: Path, packed: Path) -> dict:
-    """Count (once per order and worker), estimate, score and write one model's folder, and the
-    gzipped ARPA for the run in ``packed``; what its run logs. Runs in a worker process."""
+    """Count (once per order and worker, or once on Ray), estimate, score and write one model's
+    folder, and the gzipped ARPA for the run in ``packed``; what its run logs. Runs in a worker
+    process, or in this one with the Ray engine."""
     cfg, vocab, splits = SHARED["cfg"], SHARED["vocab"], SHARED["splits"]
-    started = time.perf_counter()
-    if order not in SHARED["counted"]:
-        SHARED["counted"] = {order: prune(count(splits["train"].segments, order, len(vocab), cfg.memory_bytes),
-                                  cfg.cutoffs, len(vocab))}
-    model = estimate(estimator, SHARED["counted"][order], len(vocab), vocab.index[BOS], valid=splits["valid"].segments, k=cfg.addk_k)
-    build_seconds = time.perf_counter() - started
     name = f"{estimator}-{order}"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        scores = {split: score(model, splits[split], name) for split in ("valid", "test")}
-    summary = Summary(f"ngram-{name}", "ngram", estimator, order, registered_name("ngram"),
-                      {"params": model.params, "cutoffs": cfg.cutoffs, "ngrams": [len(t) for t in model.tables]},
-                      vocab.sha256, scores["valid"], scores["test"])
     with atomic_path(folder) as tmp:
         tmp.mkdir()
+        started = time.perf_counter()
+        if cfg.engine == "ray" and estimator in ("kn", "mkn"):  # estimated on the cluster, as Parquet per order
+            model = estimate_on_ray(SHARED["on_ray"], estimator, order, tmp / "ngrams")
+        else:
+            if order not in SHARED["counted"]:
+                SHARED["counted"] = {order: SHARED["on_ray"].tables(order) if cfg.engine == "ray" else prune(
+                    count(splits["train"].segments, order, len(vocab), cfg.memory_bytes), cfg.cutoffs, len(vocab))}
+            model = estimate(estimator, SHARED["counted"][order], len(vocab), vocab.index[BOS], valid=splits["valid"].segments,
+                             k=cfg.addk_k)
+        build_seconds = time.perf_counter() - started
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = {split: score(model, splits[split], name) for split in ("valid", "test")}
+        summary = Summary(f"ngram-{name}", "ngram", estimator, order, registered_name("ngram"),
+                          {"params": model.params, "cutoffs": cfg.cutoffs, "ngrams": [len(t) for t in model.tables]},
+                          vocab.sha256, scores["valid"], scores["test"])
         save_model(model, tmp / "model.npz", vocab.sha256)
         if estimator in BACKOFF_FORM:
             write_arpa(model, list(vocab.tokens), tmp / "model.arpa")
@@ -108,7 +115,13 @@ def main() -> None:
     if todo:
         vocab = load_vocab(paths.VOCAB)
         SHARED.update(cfg=cfg, vocab=vocab, counted={},
-                      splits={split: load_eval_set(paths.TOKENS, split, vocab) for split in ("train", "valid", "test")})
+                      splits={split: load_eval_set(paths.TOKENS, split, vocab) for split in ("valid", "test")})
+        if cfg.engine == "ray":
+            build_on_ray(params, todo)
+            print(f"ngram: {len(todo)} of {len(grid)} models built, {len(grid) - len(todo)} kept, in "
+                  f"{time.perf_counter() - started_grid:.1f} s")
+            return
+        SHARED["splits"]["train"] = load_eval_set(paths.TOKENS, "train", vocab)
         workers = min(len(todo), os.cpu_count() or 1)
         positions, highest = len(SHARED["splits"]["train"].segments.ids), max(order for _, order, _ in todo)
         need, free = model_bytes(positions, highest, len(vocab)), psutil.virtual_memory().available
@@ -126,6 +139,26 @@ def main() -> None:
             for (estimator, order, record), job in zip(todo, jobs):
                 publish(params, estimator, order, record, job.result(), Path(packed) / f"{estimator}-{order}")
     print(f"ngram: {len(todo)} of {len(grid)} models built, {len(grid) - len(todo)} kept, in {time.perf_counter() - started_grid:.1f} s")
+
+
+def build_on_ray(params, todo: list) -> None:
+    """The Ray engine: the train tokens counted once on the cluster up to the highest order needed,
+    then each model estimated (kn and mkn there, the others here from the counts) and published."""
+    import ray
+
+    cfg = params.ngram
+    print(f"ngram: counting and estimating on {connect(params.tune.address)} (ngram.engine: ray)")
+    try:
+        SHARED["on_ray"] = count_on_ray(f"{paths.TOKENS}/train.txt", SHARED["vocab"], max(order for _, order, _ in todo),
+                                        cfg.memory_bytes, cfg.cutoffs, cfg.partitions)
+        print(f"ngram: counted {SHARED['on_ray'].shards} shard(s) into {SHARED['on_ray'].parts} partition(s)")
+        with tempfile.TemporaryDirectory() as packed:
+            for estimator, order, record in todo:
+                (Path(packed) / f"{estimator}-{order}").mkdir()
+                built = build(estimator, order, Path(paths.ngram_folder(estimator, order)), Path(packed) / f"{estimator}-{order}")
+                publish(params, estimator, order, record, built, Path(packed) / f"{estimator}-{order}")
+    finally:
+        ray.shutdown()
 
 
 def publish(params, estimator: str, order: int, record: dict, built: dict, packed: Path) -> None:

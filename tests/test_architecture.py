@@ -20,7 +20,8 @@ FLOORS = [
     ("models", ["seqlab.ngram", "seqlab.models", "seqlab.hybrid"]),
     ("params", ["seqlab.config"]),
     ("loading and training", ["seqlab.loading", "seqlab.training", "seqlab.tune.best", "seqlab.transduce"]),
-    ("search", ["seqlab.tune.cluster", "seqlab.tune.trial", "seqlab.tune.search", "seqlab.tune.plot", "seqlab.ray_train"]),
+    ("search", ["seqlab.tune.cluster", "seqlab.tune.trial", "seqlab.tune.search", "seqlab.tune.plot", "seqlab.ray_train",
+                "seqlab.ngram.ray_engine"]),
     ("faces", ["seqlab.stage", "seqlab.generate", "seqlab.leaderboard", "seqlab.pyfunc_model", "seqlab.pyfunc_transducer", "seqlab.ui", "seqlab.cli"]),
 ]
 

@@ -357,6 +357,28 @@ def test_the_grid_drops_what_it_no_longer_holds_and_rebuilds_what_was_removed(pr
     assert len(runs(project)) == before + 2  # the rebuilt model's run, under a new pipeline run
 
 
+def test_the_grid_on_the_ray_engine_scores_as_the_local_one(project, tmp_path):
+    project = copy_project(project, tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ngram"].update(engine="ray", partitions=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    local = {p.name: json.loads((p / "scores.json").read_text()) for p in (project / "models" / "ngram").iterdir()}
+    shutil.rmtree(project / "models" / "ngram")
+    result = sh(project, sys.executable, "pipelines/ngram.py")
+    assert "ngram: counting and estimating on a local Ray instance (ngram.engine: ray)" in result.stdout
+    assert "into 2 partition(s)" in result.stdout and "ngram: 14 of 14 models built, 0 kept" in result.stdout
+    for name, want in local.items():
+        got = json.loads((project / "models" / "ngram" / name / "scores.json").read_text())
+        for split in ("valid", "test"):
+            assert got[split]["fingerprint"] == want[split]["fingerprint"]
+            same = got[split]["nll_nats"] is None if want[split]["nll_nats"] is None else (  # None: infinite (mle's zeros)
+                got[split]["nll_nats"] == pytest.approx(want[split]["nll_nats"], rel=1e-9))
+            assert same, (name, split)
+    parquet = {p.relative_to(project / "models" / "ngram").as_posix() for p in (project / "models" / "ngram").rglob("*.parquet")}
+    layout = {1: ["order=1/part-00000"], 3: ["order=1/part-00000", *[f"order={k}/part-0000{p}" for k in (2, 3) for p in (0, 1)]]}
+    assert parquet == {f"{e}-{o}/ngrams/{f}.parquet" for e in ("kn", "mkn") for o in (1, 3) for f in layout[o]}
+
+
 def test_baselines_are_the_tuned_model_with_their_changes_and_the_same_budget(project):
     tuned = json.loads((project / "models" / "neural" / "scores.json").read_text())
     lstm = json.loads((project / "models" / "baselines" / "lstm" / "scores.json").read_text())

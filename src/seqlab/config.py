@@ -121,6 +121,8 @@ class NgramParams(_Section):
     addk_k: float | None = Field(gt=0)  # null: tune k on valid
     cutoffs: list[int]  # per order: drop n-grams seen this often or less; [] for none
     memory: str  # counting's budget, as lmplz's -S: bytes or a size such as 512M or 2G
+    engine: Literal["local", "ray"]  # ray: counting and Kneser-Ney estimation as Ray tasks, on tune.address's cluster
+    partitions: int | None = Field(ge=1)  # the Ray engine's partitions of the n-grams; null: the cluster's CPUs
 
     @field_validator("memory")
     @classmethod

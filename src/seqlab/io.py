@@ -117,19 +117,25 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def read_line_blocks(path: str | os.PathLike, block_bytes: int = 1 << 23) -> Iterator[list[str]]:
+def read_line_blocks(path: str | os.PathLike, block_bytes: int = 1 << 23, start: int = 0,
+                     stop: int | None = None) -> Iterator[list[str]]:
     """The lines of a UTF-8 text file as ``read_lines`` gives them, in blocks of about ``block_bytes``,
     so a file larger than memory can be read; refused as ``read_text`` refuses it, the offset counted
-    from the file's start."""
+    from the file's start. ``start`` and ``stop`` (byte offsets at line starts, as ``line_ranges``
+    gives them) read a range of the file's lines only."""
     path = Path(path)
     if not path.exists():
         raise SeqLabError(f"{path}: file not found")
     if not path.is_file():
         raise SeqLabError(f"{path}: not a regular file")
     with open(path, "rb") as handle:
-        start, carry = 0, b""  # start: the file offset of carry's first byte
+        handle.seek(start)
+        left = None if stop is None else stop - start
+        carry = b""  # start: the file offset of carry's first byte
         while True:
-            block = handle.read(block_bytes)
+            block = handle.read(block_bytes if left is None else min(block_bytes, left))
+            if left is not None:
+                left -= len(block)
             data = carry + block
             if not data:
                 return
@@ -154,6 +160,25 @@ def read_line_blocks(path: str | os.PathLike, block_bytes: int = 1 << 23) -> Ite
             start += end
             if not block:
                 return
+
+
+def line_ranges(path: str | os.PathLike, part_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, stop)`` of whole lines covering the file, each about ``part_bytes`` long
+    (a range ends at the first line end at or after its share), for reading the file in shards."""
+    size = Path(path).stat().st_size
+    ranges, start = [], 0
+    with open(path, "rb") as handle:
+        while start < size:
+            handle.seek(min(start + max(part_bytes, 1), size) - 1)
+            while True:  # on to the end of the line the share ends in
+                chunk = handle.read(1 << 16)
+                newline = chunk.find(b"\n")
+                if newline >= 0 or not chunk:
+                    stop = handle.tell() - len(chunk) + newline + 1 if newline >= 0 else size
+                    break
+            ranges.append((start, stop))
+            start = stop
+    return ranges
 
 
 def md5_file(path: str | os.PathLike) -> str:

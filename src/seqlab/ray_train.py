@@ -28,7 +28,7 @@ from seqlab.config import TrainParams, TuneParams
 from seqlab.errors import SeqLabError
 from seqlab.io import create_once
 from seqlab.training.loop import Plan, Result, Round, perplexity
-from seqlab.tune.cluster import connect
+from seqlab.tune.cluster import connect, error_line
 
 FAULT_ENV = "SEQLAB_FAULT_WORKER_EXIT"  # a marker path: the first worker 1 to create it dies after its first round (fault tests)
 
@@ -119,7 +119,7 @@ def fit_on_workers(model_config, task, cfg: TrainParams, tune: TuneParams, workd
         if isinstance(outcome, BaseException):  # TrainingFailedError and whatever else Ray raises: one line
             resume = f"; the next run resumes from {workdir / 'last.pt'}" if (workdir / "last.pt").exists() else ""
             raise SeqLabError(f"train.workers: training on {cfg.workers} Ray Train workers failed after {tune.max_failures} "
-                              f"restarts (tune.max_failures): {_first_line(outcome).rstrip('.')}{resume}")
+                              f"restarts (tune.max_failures): {error_line(outcome).rstrip('.')}{resume}")
         if outcome.checkpoint is None or outcome.return_value is None:
             raise SeqLabError(f"train.workers: the Ray Train run in {storage} ended without worker 0's best model")
         with outcome.checkpoint.as_directory() as folder:
@@ -170,23 +170,3 @@ def _follow(trainer, rounds, total: int, on_round: Callable[[Round], None], prog
                       f"valid ppl {record.valid_ppl:.2f}, {record.tokens_per_s:,.0f} tokens/s, lr {record.lr:.3g}")
     thread.join()
     return box["outcome"]
-
-
-def _first_line(err: BaseException) -> str:
-    """The most telling line of a Ray Train failure: a worker's own ``SeqLabError`` message if there is one."""
-    seen, found = set(), None
-    stack = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, SeqLabError):
-            return str(current)
-        found = found or current
-        stack += [e for e in (current.__cause__, current.__context__) if e is not None]
-        stack += [e for e in getattr(current, "worker_failures", {}).values() if isinstance(e, BaseException)]
-    text = str(found or err).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    line = lines[-1] if lines else type(err).__name__
-    return line[: line.index(". ") + 1] if len(line) > 160 and ". " in line else line  # Ray's advice after the first sentence

@@ -94,13 +94,14 @@ def eval_set(lines: list[list[str]], vocab: Vocab, characters: int, name: str = 
     return _encoded([([token for line in lines for token in line], lengths)], vocab, characters, name)
 
 
-def read_eval_set(path: str | Path, vocab: Vocab, characters: int) -> EvalSet:
+def read_eval_set(path: str | Path, vocab: Vocab, characters: int, start: int = 0, stop: int | None = None) -> EvalSet:
     """A token file (one sequence per line, tokens separated by single spaces) encoded block by block,
-    so no Python object per token outlives its block: what a split larger than memory as text needs."""
+    so no Python object per token outlives its block: what a split larger than memory as text needs.
+    ``start`` and ``stop`` read one shard of its lines (``io.line_ranges``)."""
     from seqlab.io import read_line_blocks
 
     def blocks():
-        for lines in read_line_blocks(path):
+        for lines in read_line_blocks(path, start=start, stop=stop):
             text = " ".join(filter(None, lines))  # split once: the tokens of every line, end to end
             lengths = np.fromiter((line.count(" ") + 1 if line else 0 for line in lines), dtype=np.int64, count=len(lines))
             yield (text.split(" ") if text else []), lengths

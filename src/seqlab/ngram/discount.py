@@ -21,15 +21,20 @@ def counts_of_counts(counts: np.ndarray, upto: int = 4) -> np.ndarray:
 
 def kneser_ney(counts: np.ndarray) -> np.ndarray:
     """One discount, returned as ``[D, D, D]``."""
-    n = counts_of_counts(counts)
-    if n[1] > 0 and n[2] > 0:
-        return np.full(3, n[1] / (n[1] + 2 * n[2]))
-    return np.full(3, FALLBACK[0])
+    return from_counts_of_counts(counts_of_counts(counts), modified=False)
 
 
 def modified_kneser_ney(counts: np.ndarray) -> np.ndarray:
     """``[D1, D2, D3+]``."""
-    n = counts_of_counts(counts)
+    return from_counts_of_counts(counts_of_counts(counts), modified=True)
+
+
+def from_counts_of_counts(n: np.ndarray, modified: bool) -> np.ndarray:
+    """The discounts of ``counts_of_counts``' ``n`` (summed over the parts of a distributed count)."""
+    if not modified:
+        if n[1] > 0 and n[2] > 0:
+            return np.full(3, n[1] / (n[1] + 2 * n[2]))
+        return np.full(3, FALLBACK[0])
     if not np.all(n[1:] > 0):
         return FALLBACK.copy()
     y = n[1] / (n[1] + 2 * n[2])

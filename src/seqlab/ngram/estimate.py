@@ -102,7 +102,7 @@ def _context_ranks(ranks: list[np.ndarray], segments: Segments, j: int) -> np.nd
     return context
 
 
-def _uniform_unigrams(vocab_size: int, bos: int, seen: np.ndarray, leftover: float) -> np.ndarray:
+def uniform_unigrams(vocab_size: int, bos: int, seen: np.ndarray, leftover: float) -> np.ndarray:
     p = seen + leftover / (vocab_size - 1)
     p[bos] = 0.0
     return p
@@ -127,7 +127,7 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
     discounts = [choose(a) for a in adjusted]
     a, d = adjusted[0], discount.apply(adjusted[0], discounts[0])
     total = a.sum()
-    probs = [_uniform_unigrams(len(a), bos, (a - d) / total, d.sum() / total)]
+    probs = [uniform_unigrams(len(a), bos, (a - d) / total, d.sum() / total)]
     backoffs = []
     for k in range(2, len(tables) + 1):
         table, a = tables[k - 1], adjusted[k - 1]
@@ -160,7 +160,7 @@ def _absolute_backoff(tables: list[Table], bos: int) -> tuple[list, list, dict]:
     c, d = counts[0], discounts[0]
     total = c.sum()
     seen = np.maximum(c - d, 0) / total
-    probs = [_uniform_unigrams(len(c), bos, seen, d * np.count_nonzero(c) / total)]
+    probs = [uniform_unigrams(len(c), bos, seen, d * np.count_nonzero(c) / total)]
     backoffs = []
     for k in range(2, len(tables) + 1):
         table, c = tables[k - 1], counts[k - 1]

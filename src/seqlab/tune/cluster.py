@@ -70,3 +70,27 @@ def trial_resources(cpus: float, gpus: float, gpu_fallback: bool, section: str =
     if cpus > have_cpus:
         raise SeqLabError(f"params.yaml: {section}.cpus_per_trial: trials ask for {cpus:g} CPUs, but the Ray cluster has {have_cpus:g}")
     return {"cpu": cpus, "gpu": gpus}
+
+
+def error_line(err: BaseException) -> str:
+    """The most telling line of a failure on Ray (a task's, a Ray Train worker's): the worker's own
+    ``SeqLabError`` message if there is one, else the last line of the error, without Ray's advice."""
+    seen, found = set(), None
+    stack = [err]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)  # a RayTaskError's own exception (the error is also an instance of its class)
+        if isinstance(cause, BaseException):
+            stack.append(cause)
+        elif isinstance(current, SeqLabError):
+            return str(current)
+        found = found or current
+        stack += [e for e in (current.__cause__, current.__context__) if e is not None]
+        stack += [e for e in getattr(current, "worker_failures", {}).values() if isinstance(e, BaseException)]
+    text = str(found or err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else type(err).__name__
+    return line[: line.index(". ") + 1] if len(line) > 160 and ". " in line else line  # Ray's advice after the first sentence
