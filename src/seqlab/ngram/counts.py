@@ -9,7 +9,7 @@ table is the lexicographically sorted list of its n-grams, and looking one up is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class Table:
     suffix: np.ndarray  # rank of the suffix in the order-1 table, int32 or int64 as counts (order 1: -1)
     first: np.ndarray  # int32 first word
     vocab_size: int
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # a hash index of the keys, once built
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -70,10 +71,18 @@ def table_from_words(words: np.ndarray, counts: np.ndarray, tables: list[Table],
 
 
 def lookup(table: Table, prefix: np.ndarray, word: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Rank of each (prefix rank, word) n-gram in ``table``, or -1 where it is absent or prefix < 0."""
+    """Rank of each (prefix rank, word) n-gram in ``table``, or -1 where it is absent or prefix < 0.
+    Many n-grams at once (a table built from another's words) are found by hash (pandas' index,
+    built once per table), a few by binary search."""
     if table.order == 1:
         return word.copy()
     key = prefix * vocab_size + word
+    if len(key) > HASHED_LOOKUPS and len(key) * 4 > len(table.keys):  # absent keys and prefix < 0 give -1 too
+        if "index" not in table.cache:
+            import pandas as pd
+
+            table.cache["index"] = pd.Index(table.keys, copy=False)
+        return table.cache["index"].get_indexer(key)
     idx = np.searchsorted(table.keys, key)
     idx_clipped = np.minimum(idx, max(len(table.keys) - 1, 0))
     found = (prefix >= 0) & (idx < len(table.keys))
@@ -95,6 +104,7 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
     return ranks
 
 
+HASHED_LOOKUPS = 1 << 16  # more lookups than this, and a quarter of the table or more: by hash
 BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and np.unique's sort
 MODEL_BYTES_PER_NGRAM = 20 + 16  # a table's row, and the estimate's log-probability and back-off weight
 

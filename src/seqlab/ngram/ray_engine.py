@@ -26,7 +26,7 @@ driver; nothing of the size of the corpus does.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,127 +43,199 @@ from seqlab.tune.cluster import error_line
 
 FAULT_ENV = "SEQLAB_FAULT_NGRAM_TASK_EXIT"  # a marker path: the first merge task to create it dies (fault tests)
 TEXT_BYTES_PER_POSITION = 6  # a token and its space, about: a shard's text for the positions the budget counts at once
+MERGE_BYTES_PER_NGRAM = 48  # what merging holds per n-gram: its shards' rows, its key, its index among the unique
 RETRIES = 3  # a task whose worker dies is run again this often (Ray's lineage keeps its inputs)
 
 
-def _columns(k: int) -> list[str]:
-    return [f"w{i}" for i in range(k)]
-
-
-def _home(frame: pd.DataFrame, columns: list[str], parts: int) -> np.ndarray:
-    """The partition of each row: a hash of its last two ``columns`` (one for a unigram)."""
-    h = frame[columns[-1]].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    if len(columns) > 1:
-        h ^= frame[columns[-2]].to_numpy().astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+def _home(words: np.ndarray, parts: int) -> np.ndarray:
+    """The partition of each row of ``words`` (n-grams, one per row): a hash of its last two words
+    (of its one word for a unigram)."""
+    h = words[:, -1].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    if words.shape[1] > 1:
+        h ^= words[:, -2].astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
     h ^= h >> np.uint64(31)
     h *= np.uint64(0x94D049BB133111EB)
     h ^= h >> np.uint64(29)
     return (h % np.uint64(parts)).astype(np.int64)
 
 
-def _split(frame: pd.DataFrame, home: np.ndarray, parts: int) -> list[pd.DataFrame]:
+def _routes(home: np.ndarray, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in partition order (stable) and where each partition's rows begin and end."""
     order = np.argsort(home, kind="stable")
-    bounds = np.searchsorted(home[order], np.arange(parts + 1))
-    return [frame.iloc[order[bounds[p] : bounds[p + 1]]].reset_index(drop=True) for p in range(parts)]
+    return order, np.searchsorted(home[order], np.arange(parts + 1))
+
+
+@dataclass
+class Partition:
+    """One partition's n-grams of orders 2..N. An order-k n-gram's key is ``w0 * V + w1`` at order 2 and
+    ``s * V + w0`` above, ``s`` the index of its suffix in this partition's order k-1 (its home too), so
+    a suffix is found by its index and an n-gram's words by following the suffixes down."""
+
+    vocab_size: int
+    keys: dict[int, np.ndarray]  # order -> int64 sorted unique keys (KenLM's suffix order)
+    counts: dict[int, np.ndarray]  # order -> int64 raw counts
+    indexes: dict = field(default_factory=dict, repr=False)  # order -> hash index of its keys, built once per task
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "indexes": {}}  # the hash indexes are rebuilt where needed, not shipped
+
+    def suffix(self, k: int) -> np.ndarray:
+        """Index of each order-k n-gram's suffix in order k-1 (order 2: the last word's id)."""
+        return self.keys[k] % self.vocab_size if k == 2 else self.keys[k] // self.vocab_size
+
+    def first(self, k: int) -> np.ndarray:
+        return self.keys[k] // self.vocab_size if k == 2 else self.keys[k] % self.vocab_size
+
+    def words(self, k: int) -> np.ndarray:
+        """The order-k n-grams as rows of word ids."""
+        out = np.empty((len(self.keys[k]), k), dtype=np.int32)
+        out[:, 0] = self.first(k)
+        out[:, 1:] = self.suffix(k)[:, None] if k == 2 else self.words(k - 1)[self.suffix(k)]
+        return out
+
+    def find(self, words: np.ndarray) -> np.ndarray:
+        """Index of each row of ``words`` (n-grams of one order >= 2 living here) in its order: one
+        hash lookup per word (pandas' index), not a binary search of cache misses."""
+        size, k = self.vocab_size, words.shape[1]
+        index = self.index(2).get_indexer(words[:, -2].astype(np.int64) * size + words[:, -1])
+        for j in range(3, k + 1):
+            index = self.index(j).get_indexer(index * size + words[:, -j])
+        return index
+
+    def index(self, k: int) -> pd.Index:
+        if k not in self.indexes:
+            self.indexes[k] = pd.Index(self.keys[k], copy=False)
+        return self.indexes[k]
 
 
 def _count_shard(path: str, start: int, stop: int, vocab, order: int, memory: int, parts: int) -> list:
     """Count one shard: its unigram counts, then for each partition the shard's n-grams of orders
-    2..``order`` living there (one frame per order)."""
+    2..``order`` living there, per order ``(first word, rest, counts)``: ``rest`` is the last word at
+    order 2 and, above, the position of the n-gram's suffix in this shard's order k-1 for the same
+    partition (the suffix lives there too), so merging needs no lookup of words."""
     segments = read_eval_set(path, vocab, 0, start, stop).segments
     tables = count(segments, order, len(vocab), memory)
     del segments
     words = tables[0].word[:, None].astype(np.int32)
-    per_part: list[list[pd.DataFrame]] = [[] for _ in range(parts)]
+    per_part: list[list] = [[] for _ in range(parts)]
+    position = None  # of each n-gram of the order below in its partition's piece
     for table in tables[1:]:
         words = np.hstack([words[table.prefix], table.word.astype(np.int32)[:, None]])
-        columns = _columns(table.order)
-        frame = pd.DataFrame(words, columns=columns).assign(count=table.counts.astype(np.int64))
-        for p, piece in enumerate(_split(frame, _home(frame, columns, parts), parts)):
-            per_part[p].append(piece)
+        rows, bounds = _routes(_home(words, parts), parts)
+        rest = words[:, 1] if table.order == 2 else position[table.suffix]
+        first, counts = words[:, 0], table.counts.astype(np.int64)
+        position = np.empty(len(rows), dtype=np.int64)
+        for p in range(parts):
+            at = rows[bounds[p] : bounds[p + 1]]
+            position[at] = np.arange(len(at))
+            per_part[p].append((first[at], rest[at], counts[at]))
     return [tables[0].counts.astype(np.int64), *per_part]
 
 
-def _merge(order: int, cutoffs: list[int], marker: str | None, *pieces: list[pd.DataFrame]) -> dict[int, pd.DataFrame]:
+def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each key among the unique keys, the unique keys sorted): a hash pass (pandas), then
+    the few unique keys sorted, so that following suffixes down later reads memory in order."""
+    codes, unique = pd.factorize(keys)
+    order = np.argsort(unique)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[codes], unique[order]
+
+
+def _merge(order: int, vocab_size: int, cutoffs: list[int], marker: str | None, *pieces: list) -> Partition:
     """One partition's n-grams of every order, counts summed over the shards, cut-offs applied."""
     if marker and create_once(marker):
         os._exit(1)  # a worker lost mid-pass: Ray runs the task again
-    merged = {}
+    part = Partition(vocab_size, {}, {})
+    merged_at = None  # the merged index of each shard's n-grams of the order below, shard after shard
     for k in range(2, order + 1):
-        frame = pd.concat([piece[k - 2] for piece in pieces], ignore_index=True)
-        frame = frame.groupby(_columns(k), sort=False, as_index=False)["count"].sum()
-        threshold = cutoffs[min(k, len(cutoffs)) - 1] if cutoffs else 0
-        merged[k] = frame[frame["count"] > threshold].reset_index(drop=True) if threshold else frame
-    return merged
+        first = np.concatenate([piece[k - 2][0] for piece in pieces]).astype(np.int64)
+        rest = np.concatenate([piece[k - 2][1] for piece in pieces])
+        counts = np.concatenate([piece[k - 2][2] for piece in pieces])
+        if k == 2:
+            keys = first * vocab_size + rest
+        else:  # the suffix's merged index: its shard's position of it, offset to that shard's rows
+            offsets = np.repeat(np.cumsum([0] + [len(piece[k - 3][0]) for piece in pieces[:-1]]),
+                                [len(piece[k - 2][0]) for piece in pieces])
+            keys = merged_at[offsets + rest] * vocab_size + first
+        del first, rest
+        merged_at, keys = _factorize(keys)
+        part.keys[k], part.counts[k] = keys, np.bincount(merged_at, weights=counts, minlength=len(keys)).astype(np.int64)
+    if not any(cutoffs):
+        return part
+    kept = None  # cut-offs, bottom up: a kept n-gram's suffix is kept (its count is no smaller, its cut-off no larger)
+    for k in range(2, order + 1):
+        keys, counts = part.keys[k], part.counts[k]
+        keep = counts > cutoffs[min(k, len(cutoffs)) - 1]
+        if kept is not None:  # the suffixes' new indices
+            keep &= kept[keys // vocab_size] >= 0
+            keys = kept[keys // vocab_size] * vocab_size + keys % vocab_size
+        part.keys[k], part.counts[k] = keys[keep], counts[keep]
+        kept = np.cumsum(keep) - 1
+        kept[~keep] = -1
+    return part
 
 
-def _adjust(merged: dict[int, pd.DataFrame], order: int, bos: int, vocab_size: int) -> tuple:
+def _adjust(part: Partition, order: int, bos: int) -> tuple:
     """Adjusted counts of orders 2..``order`` (raw at the top, continuation counts below but for
     n-grams starting with ``<s>``), their counts of counts, and this partition's share of the unigrams'
     continuation counts (how many distinct bigrams end in each word)."""
     adjusted, stats = {}, {}
     for k in range(2, order + 1):
-        frame = merged[k]
-        if k == order:
-            a = frame["count"].to_numpy()
-        else:
-            higher = merged[k + 1]
-            extended = higher.groupby(_columns(k + 1)[1:], sort=False).size().rename("extended").reset_index()
-            extended.columns = [*_columns(k), "extended"]
-            continuation = frame.merge(extended, on=_columns(k), how="left")["extended"].fillna(0).to_numpy(np.int64)
-            a = np.where(frame["w0"].to_numpy() == bos, frame["count"].to_numpy(), continuation)
-        adjusted[k] = frame[_columns(k)].assign(a=a)
-        stats[k] = counts_of_counts(a)
-    unigrams = np.bincount(merged[2]["w1"].to_numpy(), minlength=vocab_size) if order >= 2 else np.zeros(vocab_size, np.int64)
+        counts = part.counts[k]
+        if k < order:
+            continuation = np.bincount(part.suffix(k + 1), minlength=len(counts))
+            counts = np.where(part.first(k) == bos, counts, continuation)
+        adjusted[k] = counts
+        stats[k] = counts_of_counts(counts)
+    unigrams = np.bincount(part.suffix(2), minlength=part.vocab_size) if order >= 2 else None
     return adjusted, (stats, unigrams)
 
 
-def _send(adjusted: dict[int, pd.DataFrame], k: int, discounts: np.ndarray, parts: int, unigram_p, *lower: pd.DataFrame) -> list:
-    """At home: each order-k n-gram's adjusted count, discount and suffix probability, to its context's home."""
-    frame = adjusted[k]
-    frame = frame.assign(d=discount.apply(frame["a"].to_numpy(), discounts))
-    if k == 2:
-        lower_p = unigram_p[frame["w1"].to_numpy()]
-    else:
-        below = pd.concat(lower, ignore_index=True)
-        below.columns = [*_columns(k)[1:], "p"]
-        lower_p = frame.merge(below, on=_columns(k)[1:], how="left")["p"].to_numpy()
-    frame = frame.assign(lower=lower_p)
-    context = _columns(k - 1)
-    pieces = _split(frame, _home(frame, context, parts), parts)
+def _send(part: Partition, adjusted: dict, k: int, parts: int, lower: np.ndarray) -> list:
+    """At home: each order-k n-gram's context, adjusted count and suffix probability (``lower``: order
+    k-1's here, the unigrams' at k = 2), to its context's home."""
+    words = part.words(k)
+    context = words[:, :-1]
+    rows, bounds = _routes(_home(context, parts), parts)
+    suffix_p = lower[part.suffix(k)]
+    pieces = [(context[at], adjusted[k][at], suffix_p[at]) for at in (rows[bounds[q] : bounds[q + 1]] for q in range(parts))]
     return pieces if parts > 1 else pieces[0]  # one return is the value itself, not a list of one
 
 
-def _receive(k: int, parts: int, *pieces: pd.DataFrame) -> list:
-    """At the contexts' home: each context's back-off weight, and each n-gram's probability, sent home."""
-    frame = pd.concat(pieces, ignore_index=True)
-    context = _columns(k - 1)
-    sums = frame.groupby(context, sort=False, as_index=False)[["a", "d"]].sum()
-    total = sums["a"].to_numpy().astype(np.float64)
-    sums["gamma"] = np.divide(sums["d"].to_numpy(), total, out=np.ones(len(sums)), where=total > 0)
-    sums["total"] = total
-    frame = frame.merge(sums[[*context, "total", "gamma"]], on=context, how="left")
-    p = np.subtract(frame["a"].to_numpy(), frame["d"].to_numpy())
-    p /= frame["total"].to_numpy()
-    lower = frame["lower"].to_numpy() * frame["gamma"].to_numpy()
+def _receive(part: Partition, k: int, discounts: np.ndarray, parts: int, *pieces: tuple) -> list:
+    """At the contexts' home: each context's back-off weight (aligned with order k-1 here; at k = 2 a
+    unigram's, by word id), and each n-gram's probability, in the order each sender sent it."""
+    context = np.concatenate([piece[0] for piece in pieces])
+    a = np.concatenate([piece[1] for piece in pieces])
+    lower = np.concatenate([piece[2] for piece in pieces])
+    index = context[:, 0].astype(np.int64) if k == 2 else part.find(context)
+    size = part.vocab_size if k == 2 else len(part.keys[k - 1])
+    d = discount.apply(a, discounts)
+    total = np.bincount(index, weights=a, minlength=size)
+    gamma = np.divide(np.bincount(index, weights=d, minlength=size), total, out=np.ones(size), where=total > 0)
+    p = np.subtract(a, d)
+    p /= total[index]
+    lower *= gamma[index]
     p += lower
-    probs = frame[_columns(k)].assign(p=p)
-    return [sums[[*context, "gamma"]], *_split(probs, _home(probs, _columns(k), parts), parts)]
+    ends = np.cumsum([len(piece[1]) for piece in pieces])
+    return [gamma, *np.split(p, ends[:-1])]
 
 
-def _write(folder: str, k: int, part: int, top: bool, merged: dict[int, pd.DataFrame], n_probs: int, *rest: pd.DataFrame) -> int:
+def _collect(part: Partition, k: int, parts: int, *returned: np.ndarray) -> np.ndarray:
+    """At home: the order-k probabilities back from the contexts' homes, in this partition's order."""
+    rows, _ = _routes(_home(part.words(k)[:, :-1], parts), parts)
+    p = np.empty(len(rows))
+    p[rows] = np.concatenate(returned)
+    return p
+
+
+def _write(folder: str, k: int, index: int, part: Partition, p: np.ndarray, gamma: np.ndarray | None) -> int:
     """One order's n-grams of one partition, with their counts, probabilities and back-off weights."""
-    columns = _columns(k)
-    probs = pd.concat(rest[:n_probs], ignore_index=True)
-    frame = merged[k].merge(probs, on=columns, how="left")
-    frame["logp"] = np.log(frame.pop("p").to_numpy())
-    if top:
-        frame["logbo"] = 0.0
-    else:
-        gammas = pd.concat(rest[n_probs:], ignore_index=True)
-        frame = frame.merge(gammas, on=columns, how="left")
-        frame["logbo"] = np.log(frame.pop("gamma").fillna(1.0).to_numpy())
-    target = Path(folder) / f"order={k}" / f"part-{part:05d}.parquet"
+    words = part.words(k)
+    frame = pd.DataFrame(words, columns=[f"w{i}" for i in range(k)]).assign(
+        count=part.counts[k], logp=_log(p), logbo=0.0 if gamma is None else np.log(gamma))
+    target = Path(folder) / f"order={k}" / f"part-{index:05d}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(target, index=False)
     return len(frame)
@@ -177,7 +249,7 @@ class Counted:
     vocab_size: int
     bos: int
     unigrams: np.ndarray
-    merged: list  # one ObjectRef per partition: {order: frame of w0.., count}
+    merged: list  # one ObjectRef per partition (a ``Partition``)
     shards: int
 
     @property
@@ -188,21 +260,22 @@ class Counted:
         """The count tables of orders 1..``order``, as ``counts.count`` gives them, on the driver."""
         import ray
 
-        frames = {k: [] for k in range(2, order + 1)}
+        rows = {k: [] for k in range(2, order + 1)}
         for ref in self.merged:
             part = ray.get(ref)
-            for k in frames:
-                frames[k].append(part[k])
-        return _tables(self.unigrams, [pd.concat(frames[k], ignore_index=True) for k in range(2, order + 1)], self.vocab_size)[0]
+            for k in rows:
+                rows[k].append((part.words(k), part.counts[k]))
+        grams = [(np.concatenate([w for w, _ in rows[k]]), np.concatenate([c for _, c in rows[k]])) for k in rows]
+        return _tables(self.unigrams, grams, self.vocab_size)[0]
 
 
-def _tables(unigrams: np.ndarray, frames: list[pd.DataFrame], vocab_size: int) -> tuple[list[Table], list[np.ndarray]]:
-    """Count tables from each order's frame (any row order), and the permutation that sorted each frame."""
+def _tables(unigrams: np.ndarray, grams: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> tuple[list[Table], list]:
+    """Count tables from each order's (rows of word ids, counts) in any row order, and the permutation
+    that sorted each order's rows."""
     narrow = np.int32 if unigrams.sum() < np.iinfo(np.int32).max else np.int64
     tables, orders = [unigram_table(unigrams.astype(narrow))], [np.arange(vocab_size)]
-    for k, frame in enumerate(frames, start=2):
-        words = frame[_columns(k)].to_numpy(np.int64)
-        table, order = table_from_words(words, frame["count"].to_numpy().astype(narrow), tables, vocab_size)
+    for words, counts in grams:
+        table, order = table_from_words(words.astype(np.int64), counts.astype(narrow), tables, vocab_size)
         table.suffix = table.suffix.astype(narrow)
         tables.append(table)
         orders.append(order)
@@ -213,7 +286,8 @@ def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list
                  shard_bytes: int | None = None, retries: int = RETRIES, progress: bool = True) -> Counted:
     """Count every n-gram of orders 1..``order`` in the token file ``path`` on the connected Ray
     instance: shards of ``shard_bytes`` of text (default: about as much as ``memory`` counts at once),
-    ``parts`` partitions (default: the cluster's CPUs)."""
+    ``parts`` partitions (default: the cluster's CPUs, or as many as keep a partition's merge within
+    ``memory``)."""
     import ray
 
     from seqlab.vocab import BOS
@@ -221,7 +295,9 @@ def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list
     path = Path(path).resolve()
     if not path.is_file():
         raise SeqLabError(f"{path}: file not found")
-    parts = parts or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if not parts:  # the cluster's CPUs, or more where a partition's merge would not fit the budget
+        most = path.stat().st_size // TEXT_BYTES_PER_POSITION * max(order - 1, 1)  # n-grams of orders 2.., at most about
+        parts = max(1, int(ray.cluster_resources().get("CPU", 1)), -(-most * MERGE_BYTES_PER_NGRAM // memory))
     shard_bytes = shard_bytes or max(memory // BYTES_PER_POSITION * TEXT_BYTES_PER_POSITION, 1 << 16)
     ranges = line_ranges(path, shard_bytes) or [(0, 0)]
     vocab_ref = ray.put(vocab)
@@ -230,7 +306,8 @@ def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list
     unigrams = _gather([shard[0] for shard in counted], f"ngram: counting {path.name} in {len(ranges)} shard(s)", progress, retries)
     merge = ray.remote(_merge).options(max_retries=retries)
     marker = os.environ.get(FAULT_ENV)
-    merged = [merge.remote(order, cutoffs, marker, *[shard[1 + p] for shard in counted]) for p in range(parts)]
+    merged = [merge.remote(order, len(vocab), cutoffs, marker, *[shard[1 + p] for shard in counted]) for p in range(parts)]
+    del counted  # the shards' pieces go once merged
     _gather(merged, f"ngram: merging {parts} partition(s)", progress, retries)
     return Counted(order, len(vocab), vocab.index[BOS], np.sum(unigrams, axis=0), merged, len(ranges))
 
@@ -245,47 +322,51 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
         raise SeqLabError(f"ngram.engine: ray estimates kn and mkn on the cluster, not {estimator!r}")
     if not 1 <= order <= counted.order:
         raise SeqLabError(f"order {order} was not counted (counted up to {counted.order})")
-    parts, bos, size = counted.parts, counted.bos, counted.vocab_size
+    parts, bos, size, merged = counted.parts, counted.bos, counted.vocab_size, counted.merged
+    name = f"ngram {estimator}-{order}"
     adjust = ray.remote(_adjust).options(num_returns=2, max_retries=retries)
-    adjusted, stats = zip(*[adjust.remote(ref, order, bos, size) for ref in counted.merged]) if order >= 2 else ((), ())
-    stats = _gather(list(stats), f"ngram {estimator}-{order}: adjusting counts", progress, retries)
+    adjusted, stats = zip(*[adjust.remote(ref, order, bos) for ref in merged]) if order >= 2 else ((), ())
+    stats = _gather(list(stats), f"{name}: adjusting counts", progress, retries)
+    # discounts and order 1 on the driver, as the single-process build computes them
     choose = discount.modified_kneser_ney if estimator == "mkn" else discount.kneser_ney
-    # order 1 on the driver, as the single-process build does it
     a = counted.unigrams.copy() if order == 1 else np.sum([unigrams for _, unigrams in stats], axis=0)
     a[bos] = 0
     discounts = [choose(a)]
     for k in range(2, order + 1):
-        n = np.sum([part[k] for part, _ in stats], axis=0)
-        discounts.append(discount.from_counts_of_counts(n, modified=estimator == "mkn"))
+        discounts.append(discount.from_counts_of_counts(np.sum([part[k] for part, _ in stats], axis=0), modified=estimator == "mkn"))
     d = discount.apply(a, discounts[0])
     total = a.sum()
     unigram_p = uniform_unigrams(size, bos, (a - d) / total, d.sum() / total)
-    unigram_ref = ray.put(unigram_p)
+    unigram_bo = np.ones(size)
     send = ray.remote(_send).options(num_returns=parts, max_retries=retries)
     receive = ray.remote(_receive).options(num_returns=1 + parts, max_retries=retries)
-    probs, gammas = {}, {}  # per order: [partition][piece] refs at home; per context order: refs at the context's home
-    for k in range(2, order + 1):
-        sent = [send.remote(adjusted[p], k, discounts[k - 1], parts, unigram_ref, *(probs[k - 1][p] if k > 2 else []))
-                for p in range(parts)]
-        sent = [pieces if parts > 1 else [pieces] for pieces in sent]
-        received = [receive.remote(k, parts, *[sent[p][q] for p in range(parts)]) for q in range(parts)]
-        gammas[k - 1] = [pieces[0] for pieces in received]
-        probs[k] = [[received[q][1 + p] for q in range(parts)] for p in range(parts)]
-        _gather(gammas[k - 1], f"ngram {estimator}-{order}: interpolating order {k}", progress, retries)
-    unigram_bo = np.ones(size)
-    if order >= 2:
-        for frame in ray.get(gammas[1]):
-            unigram_bo[frame["w0"].to_numpy()] = frame["gamma"].to_numpy()
+    collect = ray.remote(_collect).options(max_retries=retries)
+    write = ray.remote(_write).options(max_retries=retries)
     folder = Path(folder)
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
-        write = ray.remote(_write).options(max_retries=retries)
-        written = [write.remote(str(tmp), k, p, k == order, counted.merged[p], len(probs[k][p]),
-                                *probs[k][p], *([gammas[k][p]] if k < order else []))
-                   for k in range(2, order + 1) for p in range(parts)]
-        _gather(written, f"ngram {estimator}-{order}: writing Parquet", progress, retries)
+        written, lower = [], [ray.put(unigram_p)] * parts
+        for k in range(2, order + 1):
+            sent = [send.remote(merged[p], adjusted[p], k, parts, lower[p]) for p in range(parts)]
+            sent = [pieces if parts > 1 else [pieces] for pieces in sent]
+            received = [receive.remote(merged[q], k, discounts[k - 1], parts, *[sent[p][q] for p in range(parts)])
+                        for q in range(parts)]
+            del sent
+            probs = [collect.remote(merged[p], k, parts, *[received[q][1 + p] for q in range(parts)]) for p in range(parts)]
+            gammas = [pieces[0] for pieces in received]
+            del received
+            if k == 2:
+                for gamma in _gather(gammas, f"{name}: interpolating order 2", progress, retries):
+                    unigram_bo *= gamma  # 1 but where the unigram is a context at home
+            else:  # order k-1 is complete: its probabilities, and its back-off weights from order k's contexts
+                written += [write.remote(str(tmp), k - 1, p, merged[p], lower[p], gammas[p]) for p in range(parts)]
+                _gather(gammas, f"{name}: interpolating order {k}", progress, retries)
+            lower = probs
+        if order >= 2:
+            written += [write.remote(str(tmp), order, p, merged[p], lower[p], None) for p in range(parts)]
+        _gather(written, f"{name}: writing Parquet", progress, retries)
         pd.DataFrame({"w0": np.arange(size, dtype=np.int32), "count": counted.unigrams,
-                      "logp": _log(unigram_p), "logbo": _log(unigram_bo)}).to_parquet(
+                      "logp": _log(unigram_p), "logbo": np.log(unigram_bo)}).to_parquet(
             _mkdir(tmp / "order=1") / "part-00000.parquet", index=False)
     model = read_model(folder, estimator, order, size, bos)
     model.params = {"discounts": [list(map(float, x)) for x in discounts]}
@@ -293,13 +374,23 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
 
 
 def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, bos: int) -> NGramModel:
-    """The model in the Parquet files of ``estimate_on_ray``: tables, log-probabilities and back-off weights."""
+    """The model in the Parquet files of ``estimate_on_ray``: tables, log-probabilities and back-off
+    weights, read an order at a time (what is read of an order goes once its table is built)."""
     folder = Path(folder)
-    frames = [pd.read_parquet(folder / f"order={k}") for k in range(1, order + 1)]
-    unigrams = frames[0].sort_values("w0")
-    tables, orders = _tables(unigrams["count"].to_numpy(), frames[1:], vocab_size)
-    logp = [unigrams["logp"].to_numpy()] + [f["logp"].to_numpy()[o] for f, o in zip(frames[1:], orders[1:])]
-    logbo = [unigrams["logbo"].to_numpy()] + [f["logbo"].to_numpy()[o] for f, o in zip(frames[1:], orders[1:])]
+    unigrams = pd.read_parquet(folder / "order=1").sort_values("w0")
+    narrow = np.int32 if unigrams["count"].sum() < np.iinfo(np.int32).max else np.int64
+    tables = [unigram_table(unigrams["count"].to_numpy().astype(narrow))]
+    logp, logbo = [unigrams["logp"].to_numpy()], [unigrams["logbo"].to_numpy()]
+    for k in range(2, order + 1):
+        frame = pd.read_parquet(folder / f"order={k}")
+        words = np.stack([frame.pop(f"w{i}").to_numpy() for i in range(k)], axis=1).astype(np.int64)
+        table, rows = table_from_words(words, frame.pop("count").to_numpy().astype(narrow), tables, vocab_size)
+        del words
+        table.suffix = table.suffix.astype(narrow)
+        tables.append(table)
+        logp.append(frame.pop("logp").to_numpy()[rows])
+        logbo.append(frame.pop("logbo").to_numpy()[rows])
+        del frame
     return NGramModel(estimator, order, vocab_size, bos, tables, logp=logp, logbo=logbo)
 
 

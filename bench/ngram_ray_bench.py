@@ -1,0 +1,103 @@
+"""The n-gram build on Ray (``ngram.engine: ray``) on a local Ray instance, on the same synthetic Zipfian
+text as ``ngram_scale_bench.py`` (its corpora are reused from ``--work``).
+
+For each size: modified Kneser-Ney order 5 with params.yaml's counting budget (512M): the train tokens
+counted in shards by Ray tasks, merged into partitions, estimated there and written as Parquet, then
+the model read back on the driver and its test perplexity computed by SeqLab's scoring path (the
+single-process build's figure is ``ngram_scale_bench.py``'s). Wall time of each phase, and the peak
+memory of the driver and every Ray process together (proportional set size, so the object store's
+shared pages count once; sampled every second).
+
+    python bench/ngram_ray_bench.py [--tokens 16M 100M] [--workers 2] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).parent
+spec = importlib.util.spec_from_file_location("ngram_scale_bench", HERE / "ngram_scale_bench.py")
+scale = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scale)
+
+
+def ray_build(folder: Path, workers: int, partitions: int | None) -> None:
+    """In a process of its own: a local Ray instance of ``workers`` CPUs, the count and the estimate on
+    it, then the test perplexity of the model read back. Prints the phases' seconds and the perplexity."""
+    import ray
+
+    from seqlab.ngram.ray_engine import count_on_ray, estimate_on_ray
+    from seqlab.scoring import read_eval_set, score
+
+    started = time.perf_counter()
+    vocab = scale.vocabulary(folder)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ready = time.perf_counter()
+    counted = count_on_ray(folder / "train.txt", vocab, scale.ORDER, scale.MEMORY, [], parts=partitions, progress=False)
+    counted_at = time.perf_counter()
+    model = estimate_on_ray(counted, "mkn", scale.ORDER, folder / "ray-mkn-5", progress=False)
+    built = time.perf_counter()
+    ppl = score(model, read_eval_set(folder / "test.txt", vocab, 0), "seqlab").ppl
+    print(json.dumps({"start": ready - started, "count": counted_at - ready, "estimate": built - counted_at,
+                      "shards": counted.shards, "parts": counted.parts, "ppl": ppl}))
+    ray.shutdown()
+
+
+def peak_pss(root: psutil.Process, stop: threading.Event, out: dict) -> None:
+    while not stop.is_set():
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        out["peak"] = max(out.get("peak", 0), total)
+        stop.wait(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", nargs="+", default=["16M"], help="train sizes (K, M, G suffixes)")
+    parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray instance")
+    parser.add_argument("--partitions", type=int, default=0, help="partitions of the n-grams (default: as ngram.partitions null)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "seqlab-ngram-scale",
+                        help="corpora (shared with ngram_scale_bench.py)")
+    parser.add_argument("--build", metavar="FOLDER", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.build:
+        return ray_build(args.build, args.workers, args.partitions or None)
+    print(f"{'train tokens':>12} | {'workers':>7} {'shards':>6} {'parts':>5} | {'wall s':>7} {'(start+count+estimate)':>24} "
+          f"{'peak GB':>8} | {'test ppl':>10}", flush=True)
+    for size in args.tokens:
+        folder = scale.corpus(args.work, scale.parse_count(size))
+        scale.vocabulary(folder)
+        started = time.perf_counter()
+        child = psutil.Popen([sys.executable, __file__, "--build", str(folder), "--workers", str(args.workers),
+                              "--partitions", str(args.partitions)], stdout=subprocess.PIPE)
+        stop, peak = threading.Event(), {}
+        sampler = threading.Thread(target=peak_pss, args=(child, stop, peak), daemon=True)
+        sampler.start()
+        output = child.stdout.read()
+        if child.wait():
+            raise SystemExit(f"the Ray build failed with exit status {child.returncode}")
+        stop.set()
+        sampler.join()
+        wall = time.perf_counter() - started
+        phases = json.loads(output)
+        split = f"{phases['start']:.1f}+{phases['count']:.1f}+{phases['estimate']:.1f}"
+        print(f"{scale.parse_count(size):>12,} | {args.workers:>7} {phases['shards']:>6} {phases['parts']:>5} | {wall:>7.1f} {split:>24} "
+              f"{peak['peak'] / 1024**3:>8.2f} | {phases['ppl']:>10.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
