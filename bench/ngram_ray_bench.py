@@ -36,21 +36,25 @@ def ray_build(folder: Path, workers: int, partitions: int | None) -> None:
     it, then the test perplexity of the model read back. Prints the phases' seconds and the perplexity."""
     import ray
 
-    from seqlab.ngram.ray_engine import count_on_ray, estimate_on_ray
+    from seqlab.ngram.ray_engine import count_on_ray, estimate_on_ray, read_model
     from seqlab.scoring import read_eval_set, score
+    from seqlab.vocab import BOS
 
     started = time.perf_counter()
     vocab = scale.vocabulary(folder)
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     ready = time.perf_counter()
     counted = count_on_ray(folder / "train.txt", vocab, scale.ORDER, scale.MEMORY, [], parts=partitions, progress=False)
-    counted_at = time.perf_counter()
-    model = estimate_on_ray(counted, "mkn", scale.ORDER, folder / "ray-mkn-5", progress=False)
+    counted_at, shards, parts = time.perf_counter(), counted.shards, counted.parts
+    estimate_on_ray(counted, "mkn", scale.ORDER, folder / "ray-mkn-5", progress=False, read=False)
+    del counted
+    ray.shutdown()  # the object store's memory given back before the model is read
+    estimated = time.perf_counter()
+    model = read_model(folder / "ray-mkn-5", "mkn", scale.ORDER, len(vocab), vocab.index[BOS])
     built = time.perf_counter()
     ppl = score(model, read_eval_set(folder / "test.txt", vocab, 0), "seqlab").ppl
-    print(json.dumps({"start": ready - started, "count": counted_at - ready, "estimate": built - counted_at,
-                      "shards": counted.shards, "parts": counted.parts, "ppl": ppl}))
-    ray.shutdown()
+    print(json.dumps({"start": ready - started, "count": counted_at - ready, "estimate": estimated - counted_at,
+                      "read": built - estimated, "shards": shards, "parts": parts, "ppl": ppl}))
 
 
 def peak_pss(root: psutil.Process, stop: threading.Event, out: dict) -> None:
@@ -76,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.build:
         return ray_build(args.build, args.workers, args.partitions or None)
-    print(f"{'train tokens':>12} | {'workers':>7} {'shards':>6} {'parts':>5} | {'wall s':>7} {'(start+count+estimate)':>24} "
+    print(f"{'train tokens':>12} | {'workers':>7} {'shards':>6} {'parts':>5} | {'wall s':>7} {'(start+count+estimate+read)':>29} "
           f"{'peak GB':>8} | {'test ppl':>10}", flush=True)
     for size in args.tokens:
         folder = scale.corpus(args.work, scale.parse_count(size))
@@ -94,8 +98,8 @@ def main() -> None:
         sampler.join()
         wall = time.perf_counter() - started
         phases = json.loads(output)
-        split = f"{phases['start']:.1f}+{phases['count']:.1f}+{phases['estimate']:.1f}"
-        print(f"{scale.parse_count(size):>12,} | {args.workers:>7} {phases['shards']:>6} {phases['parts']:>5} | {wall:>7.1f} {split:>24} "
+        split = f"{phases['start']:.1f}+{phases['count']:.1f}+{phases['estimate']:.1f}+{phases['read']:.1f}"
+        print(f"{scale.parse_count(size):>12,} | {args.workers:>7} {phases['shards']:>6} {phases['parts']:>5} | {wall:>7.1f} {split:>29} "
               f"{peak['peak'] / 1024**3:>8.2f} | {phases['ppl']:>10.4f}", flush=True)
 
 

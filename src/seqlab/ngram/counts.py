@@ -9,7 +9,7 @@ table is the lexicographically sorted list of its n-grams, and looking one up is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +28,6 @@ class Table:
     suffix: np.ndarray  # rank of the suffix in the order-1 table, int32 or int64 as counts (order 1: -1)
     first: np.ndarray  # int32 first word
     vocab_size: int
-    cache: dict = field(default_factory=dict, repr=False, compare=False)  # a hash index of the keys, once built
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -52,7 +51,7 @@ def unigram_table(counts: np.ndarray) -> Table:
 
 def rank_of(tables: list[Table], words: np.ndarray, vocab_size: int) -> np.ndarray:
     """Rank of each row of ``words`` (an n-gram, read left to right) in its order's table, or -1."""
-    rank = words[:, 0].copy()
+    rank = words[:, 0].astype(np.int64)
     for j in range(1, words.shape[1]):
         rank = lookup(tables[j], rank, words[:, j], vocab_size)
     return rank
@@ -60,30 +59,31 @@ def rank_of(tables: list[Table], words: np.ndarray, vocab_size: int) -> np.ndarr
 
 def table_from_words(words: np.ndarray, counts: np.ndarray, tables: list[Table], vocab_size: int) -> tuple[Table, np.ndarray]:
     """The order-k table of the n-grams in the rows of ``words`` (k columns), given the lower tables;
-    also the permutation that sorted the rows. A prefix missing from the lower table has rank -1."""
-    prefix = rank_of(tables, words[:, :-1], vocab_size)
-    keys = prefix * vocab_size + words[:, -1]
-    order = np.argsort(keys, kind="stable")
-    words = words[order]
+    also the permutation that sorted the rows. A prefix missing from the lower table has rank -1.
+    ``words`` may be 4-byte ids: nothing of the rows' size is copied in 8 bytes."""
+    keys = rank_of(tables, words[:, :-1], vocab_size)
+    keys *= vocab_size
+    keys += words[:, -1]
     suffix = rank_of(tables, words[:, 1:], vocab_size)
-    table = Table(words.shape[1], keys[order], counts[order], suffix, words[:, 0].astype(np.int32), vocab_size)
+    order = np.argsort(keys, kind="stable")
+    table = Table(words.shape[1], keys[order], counts[order], suffix[order], words[order, 0].astype(np.int32), vocab_size)
     return table, order
 
 
 def lookup(table: Table, prefix: np.ndarray, word: np.ndarray, vocab_size: int) -> np.ndarray:
     """Rank of each (prefix rank, word) n-gram in ``table``, or -1 where it is absent or prefix < 0.
-    Many n-grams at once (a table built from another's words) are found by hash (pandas' index,
-    built once per table), a few by binary search."""
+    Many n-grams at once (a table built from another's words) are searched for in key order, so the
+    search walks the table once instead of missing the cache at every step."""
     if table.order == 1:
         return word.copy()
     key = prefix * vocab_size + word
-    if len(key) > HASHED_LOOKUPS and len(key) * 4 > len(table.keys):  # absent keys and prefix < 0 give -1 too
-        if "index" not in table.cache:
-            import pandas as pd
-
-            table.cache["index"] = pd.Index(table.keys, copy=False)
-        return table.cache["index"].get_indexer(key)
-    idx = np.searchsorted(table.keys, key)
+    if len(key) > SORTED_LOOKUPS:
+        order = np.argsort(key)
+        idx = np.empty(len(key), dtype=np.int64)
+        idx[order] = np.searchsorted(table.keys, key[order])
+        del order
+    else:
+        idx = np.searchsorted(table.keys, key)
     idx_clipped = np.minimum(idx, max(len(table.keys) - 1, 0))
     found = (prefix >= 0) & (idx < len(table.keys))
     if len(table.keys):
@@ -104,7 +104,7 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
     return ranks
 
 
-HASHED_LOOKUPS = 1 << 16  # more lookups than this, and a quarter of the table or more: by hash
+SORTED_LOOKUPS = 1 << 20  # more lookups than this at once are sorted first
 BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and np.unique's sort
 MODEL_BYTES_PER_NGRAM = 20 + 16  # a table's row, and the estimate's log-probability and back-off weight
 

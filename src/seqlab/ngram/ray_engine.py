@@ -313,9 +313,10 @@ def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list
 
 
 def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | Path, retries: int = RETRIES,
-                    progress: bool = True) -> NGramModel:
+                    progress: bool = True, read: bool = True) -> NGramModel | dict:
     """Kneser-Ney (``kn``) or modified Kneser-Ney (``mkn``) of order ``order`` from ``counted``: the
-    Parquet files in ``folder`` (written whole or not at all) and the model they hold."""
+    Parquet files in ``folder`` (written whole or not at all) and the model they hold (with ``read``
+    false, only its settings, for ``read_model`` to read once the cluster's memory is given back)."""
     import ray
 
     if estimator not in ("kn", "mkn"):
@@ -368,8 +369,11 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
         pd.DataFrame({"w0": np.arange(size, dtype=np.int32), "count": counted.unigrams,
                       "logp": _log(unigram_p), "logbo": np.log(unigram_bo)}).to_parquet(
             _mkdir(tmp / "order=1") / "part-00000.parquet", index=False)
+    params = {"discounts": [list(map(float, x)) for x in discounts]}
+    if not read:
+        return params
     model = read_model(folder, estimator, order, size, bos)
-    model.params = {"discounts": [list(map(float, x)) for x in discounts]}
+    model.params = params
     return model
 
 
@@ -383,7 +387,7 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
     logp, logbo = [unigrams["logp"].to_numpy()], [unigrams["logbo"].to_numpy()]
     for k in range(2, order + 1):
         frame = pd.read_parquet(folder / f"order={k}")
-        words = np.stack([frame.pop(f"w{i}").to_numpy() for i in range(k)], axis=1).astype(np.int64)
+        words = np.stack([frame.pop(f"w{i}").to_numpy() for i in range(k)], axis=1)  # 4-byte ids
         table, rows = table_from_words(words, frame.pop("count").to_numpy().astype(narrow), tables, vocab_size)
         del words
         table.suffix = table.suffix.astype(narrow)
