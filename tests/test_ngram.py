@@ -39,7 +39,7 @@ def test_counts_of_a_tiny_corpus():
     assert len(tables[2]) == 4  # <s> a b, a b a, b a </s>, <s> a </s>; nothing crosses a sentence
 
 
-@pytest.mark.parametrize("cutoffs", [(), (0, 1, 2)], ids=["all", "pruned"])
+@pytest.mark.parametrize("cutoffs", [(), (0, 1, 2), (0, 0, 1)], ids=["all", "pruned", "pruned-above-bigrams"])
 @pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_every_distribution_sums_to_one(estimator, order, cutoffs):
@@ -268,3 +268,19 @@ def test_a_model_file_holding_pickled_objects_is_refused_unrun(tmp_path, monkeyp
     with pytest.raises(SeqLabError, match="not a readable SeqLab n-gram model"):
         load_model(tmp_path / "evil.npz")
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("estimator", ["kn", "mkn"])
+def test_cutoffs_leave_no_context_without_mass(estimator):
+    """"c a b" and "d a b": both trigrams ending in "a b" are seen once and cut by [0, 0, 1]. The bigram
+    keeps its continuation count over every counted trigram (2, as KenLM adjusts counts before
+    pruning), so the context "a", whose only bigram it is, still has mass: no probability is NaN."""
+    train = Segments.from_sentences([[5, 3, 4], [6, 3, 4]], bos=1, eos=2)  # 3 a, 4 b, 5 c, 6 d
+    tables = count(train, 3, 7)
+    pruned = prune(tables, [0, 0, 1], 7)
+    assert np.array_equal(pruned[1].extended, np.bincount(tables[2].suffix, minlength=len(tables[1])))
+    model = estimate(estimator, pruned, 7, 1)
+    assert not any(np.isnan(p).any() for p in model.logp)
+    with np.errstate(divide="ignore"):
+        probs = np.exp(model.next_log_probs([3]))  # after "a"
+    assert abs(probs.sum() - 1) < 1e-12 and probs[4] > 0.5

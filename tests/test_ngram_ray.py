@@ -91,7 +91,7 @@ def test_a_worker_lost_past_the_retries_is_one_line(cluster, corpus, tmp_path, m
     with pytest.raises(SeqLabError) as failed:
         count_on_ray(path, vocab, 3, 1 << 20, [], parts=2, shard_bytes=8000, retries=0, progress=False)
     message = str(failed.value)
-    assert message.startswith("ngram: merging 2 partition(s): a task failed (retried up to 0 times): ")
+    assert message.startswith("ngram: merging 2 partition(s): a task failed after 0 retries: ")
     assert "\n" not in message
 
 
@@ -119,3 +119,20 @@ def test_only_kneser_ney_is_estimated_on_the_cluster(cluster, corpus, tmp_path):
     with pytest.raises(SeqLabError, match=r"order 3 was not counted \(counted up to 2\)"):
         estimate_on_ray(counted, "mkn", 3, tmp_path / "mkn-3", progress=False)
     assert not (tmp_path / "jm-2").exists() and not (tmp_path / "mkn-3").exists()
+
+
+def test_a_pruned_model_on_ray_is_the_single_process_one_and_saves_alike(cluster, corpus, tmp_path):
+    from seqlab.ngram.model_file import load_model, save_model
+
+    path, vocab = corpus
+    counted = count_on_ray(path, vocab, 4, 1 << 20, [0, 0, 1], parts=3, shard_bytes=4000, progress=False)
+    for order in (2, 4):
+        tables = single_process(path, vocab, order, [0, 0, 1])
+        want = estimate("mkn", tables, len(vocab), vocab.index[BOS])
+        got = estimate_on_ray(counted, "mkn", order, tmp_path / f"mkn-{order}", progress=False)
+        assert_same_model(got, want)
+        assert not any(np.isnan(p).any() for p in got.logp)  # no context left without mass by the cut-offs
+        save_model(got, tmp_path / f"mkn-{order}.npz", vocab.sha256)
+        assert_same_model(load_model(tmp_path / f"mkn-{order}.npz"), want)
+        for a, b in zip(counted.tables(order), tables):
+            assert (a.extended is None) == (b.extended is None) and (a.extended is None or np.array_equal(a.extended, b.extended))

@@ -2,7 +2,8 @@
 
 The highest order keeps raw counts. A lower-order n-gram's adjusted count is the number of distinct
 words seen before it (``N1+(. g)``), except for n-grams that start with ``<s>``: nothing can precede
-them, so they keep their raw counts.
+them, so they keep their raw counts. Pruned tables carry the continuation counts of every counted
+n-gram (``Table.extended``), as KenLM adjusts counts before it prunes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def adjusted_counts(tables: list[Table], bos: int) -> list[np.ndarray]:
     adjusted[-1] = tables[-1].counts
     for k in range(len(tables) - 1, 0, -1):
         lower, higher = tables[k - 1], tables[k]
-        continuation = np.bincount(higher.suffix, minlength=len(lower)).astype(lower.counts.dtype)  # the counts' width
+        continuation = lower.extended if lower.extended is not None else np.bincount(higher.suffix, minlength=len(lower))
+        continuation = continuation.astype(lower.counts.dtype)  # the counts' width
         adjusted[k - 1] = np.where(lower.first == bos, lower.counts, continuation)
     return adjusted

@@ -28,6 +28,8 @@ class Table:
     suffix: np.ndarray  # rank of the suffix in the order-1 table, int32 or int64 as counts (order 1: -1)
     first: np.ndarray  # int32 first word
     vocab_size: int
+    extended: np.ndarray | None = None  # after pruning: distinct words seen before each n-gram among all counted ones
+
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -201,17 +203,22 @@ def _parts(prefix_rank: np.ndarray, inside: np.ndarray, last: np.ndarray, prefix
 def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Table]:
     """Drop n-grams seen ``cutoffs[k-1]`` times or fewer at order k (the last value holds for higher
     orders; unigrams are never dropped). Cut-offs must not decrease, so an n-gram's prefix and suffix
-    are always kept when it is; ranks are renumbered so the tables stay consistent."""
+    are always kept when it is; ranks are renumbered so the tables stay consistent. Each kept n-gram
+    below the top order keeps, as ``extended``, its continuation count over every counted n-gram
+    (KenLM adjusts counts before pruning): otherwise a kept n-gram whose extensions were all dropped
+    would have an adjusted count of 0, and a context whose continuations all had, no mass at all."""
     if not cutoffs or not any(cutoffs):
         return tables
-    pruned = [tables[0]]
+    extended = [np.bincount(higher.suffix, minlength=len(lower)) for lower, higher in zip(tables, tables[1:])] + [None]
+    pruned = [Table(1, tables[0].keys, tables[0].counts, tables[0].suffix, tables[0].first, vocab_size, extended[0])]
     new_rank = np.arange(vocab_size, dtype=np.int64)  # order 1 keeps every id
-    for table in tables[1:]:
+    for table, continuation in zip(tables[1:], extended[1:]):
         threshold = cutoffs[min(table.order, len(cutoffs)) - 1]
         keep = table.counts > threshold
         prefix, suffix = new_rank[table.prefix[keep]], new_rank[table.suffix[keep]]
         word = table.word[keep]
-        pruned.append(Table(table.order, prefix * vocab_size + word, table.counts[keep], suffix, table.first[keep], vocab_size))
+        pruned.append(Table(table.order, prefix * vocab_size + word, table.counts[keep], suffix, table.first[keep], vocab_size,
+                            None if continuation is None else continuation[keep]))
         new_rank = np.cumsum(keep) - 1
         new_rank[~keep] = -1
     return pruned

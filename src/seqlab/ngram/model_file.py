@@ -1,7 +1,7 @@
 """Save and load n-gram models as ``model.npz``: the count tables and the estimator's settings.
 
-Only counts and tuned settings are stored; probabilities are re-derived on load, which is exact and
-takes well under a second. Loading never unpickles anything (``allow_pickle=False``).
+Only counts (with a pruned model's continuation counts) and tuned settings are stored; probabilities
+are re-derived on load, which is exact and takes well under a second. Loading never unpickles anything (``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def save_model(model: NGramModel, path: str | Path, vocab_sha256: str) -> None:
         arrays[f"keys_{table.order}"] = table.keys
         arrays[f"counts_{table.order}"] = table.counts
     arrays["counts_1"] = model.tables[0].counts
+    for table in model.tables:  # a pruned model's continuation counts over every counted n-gram
+        if table.extended is not None:
+            arrays[f"extended_{table.order}"] = table.extended
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)  # sorted keys pack well: 40 MB -> 7 MB at order 5
 
@@ -62,6 +65,8 @@ def load_model(path: str | Path, vocab_sha256: str | None = None) -> NGramModel:
     for k in range(2, meta["order"] + 1):
         keys = arrays[f"keys_{k}"]
         words = np.hstack([words[keys // size], (keys % size)[:, None]])
-        tables.append(table_from_words(words, arrays[f"counts_{k}"], tables, size)[0])
+        tables.append(table_from_words(words, arrays[f"counts_{k}"], tables, size)[0])  # keys saved sorted: rows in place
+    for table in tables:
+        table.extended = arrays.get(f"extended_{table.order}")
     params = meta["params"]
     return estimate(meta["estimator"], tables, size, meta["bos"], k=params.get("k"), lambdas=params.get("lambdas"))

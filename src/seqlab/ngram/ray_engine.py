@@ -74,6 +74,7 @@ class Partition:
     vocab_size: int
     keys: dict[int, np.ndarray]  # order -> int64 sorted unique keys (KenLM's suffix order)
     counts: dict[int, np.ndarray]  # order -> int64 raw counts
+    extended: dict[int, np.ndarray] = field(default_factory=dict)  # pruned: continuation counts over every counted n-gram
     indexes: dict = field(default_factory=dict, repr=False)  # order -> hash index of its keys, built once per task
 
     def __getstate__(self) -> dict:
@@ -163,6 +164,9 @@ def _merge(order: int, vocab_size: int, cutoffs: list[int], marker: str | None, 
         part.keys[k], part.counts[k] = keys, np.bincount(merged_at, weights=counts, minlength=len(keys)).astype(np.int64)
     if not any(cutoffs):
         return part
+    # continuation counts before pruning, as KenLM (order 1: this partition's share, by word id)
+    part.extended = {k: np.bincount(part.suffix(k + 1), minlength=len(part.keys[k]) if k > 1 else vocab_size)
+                     for k in range(1, order)}
     kept = None  # cut-offs, bottom up: a kept n-gram's suffix is kept (its count is no smaller, its cut-off no larger)
     for k in range(2, order + 1):
         keys, counts = part.keys[k], part.counts[k]
@@ -171,6 +175,8 @@ def _merge(order: int, vocab_size: int, cutoffs: list[int], marker: str | None, 
             keep &= kept[keys // vocab_size] >= 0
             keys = kept[keys // vocab_size] * vocab_size + keys % vocab_size
         part.keys[k], part.counts[k] = keys[keep], counts[keep]
+        if k in part.extended:
+            part.extended[k] = part.extended[k][keep]
         kept = np.cumsum(keep) - 1
         kept[~keep] = -1
     return part
@@ -184,11 +190,11 @@ def _adjust(part: Partition, order: int, bos: int) -> tuple:
     for k in range(2, order + 1):
         counts = part.counts[k]
         if k < order:
-            continuation = np.bincount(part.suffix(k + 1), minlength=len(counts))
+            continuation = part.extended[k] if k in part.extended else np.bincount(part.suffix(k + 1), minlength=len(counts))
             counts = np.where(part.first(k) == bos, counts, continuation)
         adjusted[k] = counts
         stats[k] = counts_of_counts(counts)
-    unigrams = np.bincount(part.suffix(2), minlength=part.vocab_size) if order >= 2 else None
+    unigrams = None if order < 2 else part.extended[1] if 1 in part.extended else np.bincount(part.suffix(2), minlength=part.vocab_size)
     return adjusted, (stats, unigrams)
 
 
@@ -235,6 +241,8 @@ def _write(folder: str, k: int, index: int, part: Partition, p: np.ndarray, gamm
     words = part.words(k)
     frame = pd.DataFrame(words, columns=[f"w{i}" for i in range(k)]).assign(
         count=part.counts[k], logp=_log(p), logbo=0.0 if gamma is None else np.log(gamma))
+    if gamma is not None and k in part.extended:  # pruned: the continuation counts a saved model re-derives from
+        frame["extended"] = part.extended[k]
     target = Path(folder) / f"order={k}" / f"part-{index:05d}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(target, index=False)
@@ -251,6 +259,7 @@ class Counted:
     unigrams: np.ndarray
     merged: list  # one ObjectRef per partition (a ``Partition``)
     shards: int
+    pruned: bool  # cut-offs applied: the partitions carry continuation counts from before them
 
     @property
     def parts(self) -> int:
@@ -261,12 +270,20 @@ class Counted:
         import ray
 
         rows = {k: [] for k in range(2, order + 1)}
+        extended = {k: [] for k in range(1, order)}
         for ref in self.merged:
             part = ray.get(ref)
             for k in rows:
                 rows[k].append((part.words(k), part.counts[k]))
+            for k in extended:
+                extended[k].append(part.extended.get(k))
         grams = [(np.concatenate([w for w, _ in rows[k]]), np.concatenate([c for _, c in rows[k]])) for k in rows]
-        return _tables(self.unigrams, grams, self.vocab_size)[0]
+        tables, orders = _tables(self.unigrams, grams, self.vocab_size)
+        if order > 1 and extended[1][0] is not None:  # pruned: each order's continuation counts, as prune() keeps them
+            tables[0].extended = np.sum(extended[1], axis=0)
+            for k in range(2, order):
+                tables[k - 1].extended = np.concatenate(extended[k])[orders[k - 1]]
+        return tables
 
 
 def _tables(unigrams: np.ndarray, grams: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> tuple[list[Table], list]:
@@ -309,7 +326,7 @@ def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list
     merged = [merge.remote(order, len(vocab), cutoffs, marker, *[shard[1 + p] for shard in counted]) for p in range(parts)]
     del counted  # the shards' pieces go once merged
     _gather(merged, f"ngram: merging {parts} partition(s)", progress, retries)
-    return Counted(order, len(vocab), vocab.index[BOS], np.sum(unigrams, axis=0), merged, len(ranges))
+    return Counted(order, len(vocab), vocab.index[BOS], np.sum(unigrams, axis=0), merged, len(ranges), any(cutoffs))
 
 
 def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | Path, retries: int = RETRIES,
@@ -331,6 +348,7 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
     # discounts and order 1 on the driver, as the single-process build computes them
     choose = discount.modified_kneser_ney if estimator == "mkn" else discount.kneser_ney
     a = counted.unigrams.copy() if order == 1 else np.sum([unigrams for _, unigrams in stats], axis=0)
+    continuation, pruned = a.copy(), counted.pruned
     a[bos] = 0
     discounts = [choose(a)]
     for k in range(2, order + 1):
@@ -366,9 +384,11 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
         if order >= 2:
             written += [write.remote(str(tmp), order, p, merged[p], lower[p], None) for p in range(parts)]
         _gather(written, f"{name}: writing Parquet", progress, retries)
-        pd.DataFrame({"w0": np.arange(size, dtype=np.int32), "count": counted.unigrams,
-                      "logp": _log(unigram_p), "logbo": np.log(unigram_bo)}).to_parquet(
-            _mkdir(tmp / "order=1") / "part-00000.parquet", index=False)
+        unigrams = pd.DataFrame({"w0": np.arange(size, dtype=np.int32), "count": counted.unigrams,
+                                 "logp": _log(unigram_p), "logbo": np.log(unigram_bo)})
+        if order > 1 and pruned:
+            unigrams["extended"] = continuation
+        unigrams.to_parquet(_mkdir(tmp / "order=1") / "part-00000.parquet", index=False)
     params = {"discounts": [list(map(float, x)) for x in discounts]}
     if not read:
         return params
@@ -385,6 +405,8 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
     narrow = np.int32 if unigrams["count"].sum() < np.iinfo(np.int32).max else np.int64
     tables = [unigram_table(unigrams["count"].to_numpy().astype(narrow))]
     logp, logbo = [unigrams["logp"].to_numpy()], [unigrams["logbo"].to_numpy()]
+    if "extended" in unigrams:
+        tables[0].extended = unigrams["extended"].to_numpy()
     for k in range(2, order + 1):
         frame = pd.read_parquet(folder / f"order={k}")
         words = np.stack([frame.pop(f"w{i}").to_numpy() for i in range(k)], axis=1)  # 4-byte ids
@@ -394,6 +416,8 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
         tables.append(table)
         logp.append(frame.pop("logp").to_numpy()[rows])
         logbo.append(frame.pop("logbo").to_numpy()[rows])
+        if "extended" in frame:
+            table.extended = frame.pop("extended").to_numpy()[rows]
         del frame
     return NGramModel(estimator, order, vocab_size, bos, tables, logp=logp, logbo=logbo)
 
@@ -421,6 +445,9 @@ def _gather(refs: list, what: str, progress: bool, retries: int = RETRIES) -> li
                 try:
                     results[pending.pop(ref)] = ray.get(ref)
                 except Exception as err:  # RayTaskError, WorkerCrashedError, ...: one line
-                    raise SeqLabError(f"{what}: a task failed (retried up to {retries} times): {error_line(err)}") from None
+                    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"  # not a traceback for each sibling task that failed alike
+                    if isinstance(err, SeqLabError):  # the input's own error, from the task: not retried
+                        raise SeqLabError(f"{what}: {error_line(err)}") from None
+                    raise SeqLabError(f"{what}: a task failed after {retries} retries: {error_line(err)}") from None
                 bar.update(1)
     return [results[i] for i in range(len(refs))]
