@@ -78,3 +78,18 @@ def test_line_blocks_refuse_what_read_text_refuses_at_the_file_offset(tmp_path, 
     for read in (lambda: read_text(path), lambda: list(read_line_blocks(path, 4))):
         with pytest.raises(SeqLabError, match=rf"^{path}: {message}"):
             read()
+
+
+def test_line_ranges_cut_a_file_into_shards_of_whole_lines(tmp_path):
+    from seqlab.io import line_ranges, read_line_blocks
+
+    path = tmp_path / "tokens.txt"
+    lines = [" ".join(["w"] * (i % 7)) for i in range(200)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for part_bytes in (1, 10, 64, 10_000):
+        ranges = line_ranges(path, part_bytes)
+        assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        shards = [line for start, stop in ranges for block in read_line_blocks(path, 16, start, stop) for line in block]
+        assert shards == lines
+    assert len(line_ranges(path, 10_000)) == 1 and len(line_ranges(path, 1)) == 200

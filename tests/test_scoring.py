@@ -64,7 +64,7 @@ def test_a_token_file_read_in_blocks_is_the_split_read_whole(tmp_path, monkeypat
     path.write_text("a b zebra\n\nb b a\nyak\n", encoding="utf-8")
     whole = eval_set(read_stream(path), VOCAB, 20, str(path))
     blocks = io.read_line_blocks
-    monkeypatch.setattr(io, "read_line_blocks", lambda p: blocks(p, 3))  # a block a line or less
+    monkeypatch.setattr(io, "read_line_blocks", lambda p, **shard: blocks(p, 3, **shard))  # a block a line or less
     streamed = read_eval_set(path, VOCAB, 20)
     assert (streamed.oov, streamed.characters, streamed.fingerprint) == (whole.oov, whole.characters, whole.fingerprint) == (
         2, 24, whole.fingerprint)

@@ -122,7 +122,7 @@ class NgramParams(_Section):
     cutoffs: list[int]  # per order: drop n-grams seen this often or less; [] for none
     memory: str  # counting's budget, as lmplz's -S: bytes or a size such as 512M or 2G
     engine: Literal["local", "ray"]  # ray: counting and Kneser-Ney estimation as Ray tasks, on tune.address's cluster
-    partitions: int | None = Field(ge=1)  # the Ray engine's partitions of the n-grams; null: the cluster's CPUs
+    partitions: int | None = Field(ge=1)  # the Ray engine's partitions; null: the cluster's CPUs, or more so that merging one fits memory
 
     @field_validator("memory")
     @classmethod
