@@ -116,11 +116,9 @@ def main() -> None:
         vocab = load_vocab(paths.VOCAB)
         SHARED.update(cfg=cfg, vocab=vocab, counted={},
                       splits={split: load_eval_set(paths.TOKENS, split, vocab) for split in ("valid", "test")})
-        if cfg.engine == "ray":
-            build_on_ray(params, todo)
-            print(f"ngram: {len(todo)} of {len(grid)} models built, {len(grid) - len(todo)} kept, in "
-                  f"{time.perf_counter() - started_grid:.1f} s")
-            return
+    if todo and cfg.engine == "ray":
+        build_on_ray(params, todo)
+    elif todo:
         SHARED["splits"]["train"] = load_eval_set(paths.TOKENS, "train", vocab)
         workers = min(len(todo), os.cpu_count() or 1)
         positions, highest = len(SHARED["splits"]["train"].segments.ids), max(order for _, order, _ in todo)

@@ -14,11 +14,16 @@ from seqlab.ngram.counts import Table
 
 
 def adjusted_counts(tables: list[Table], bos: int) -> list[np.ndarray]:
-    adjusted = [np.zeros(0)] * len(tables)
-    adjusted[-1] = tables[-1].counts
+    counts = [np.zeros(0)] * len(tables)
+    counts[-1] = tables[-1].counts
     for k in range(len(tables) - 1, 0, -1):
         lower, higher = tables[k - 1], tables[k]
         continuation = lower.extended if lower.extended is not None else np.bincount(higher.suffix, minlength=len(lower))
         continuation = continuation.astype(lower.counts.dtype)  # the counts' width
-        adjusted[k - 1] = np.where(lower.first == bos, lower.counts, continuation)
-    return adjusted
+        counts[k - 1] = adjusted(lower.counts, lower.first, continuation, bos)
+    return counts
+
+
+def adjusted(counts: np.ndarray, first: np.ndarray, continuation: np.ndarray, bos: int) -> np.ndarray:
+    """A lower order's adjusted counts: the continuation counts, but raw counts where ``first`` is ``<s>``."""
+    return np.where(first == bos, counts, continuation)

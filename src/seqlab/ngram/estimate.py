@@ -108,6 +108,14 @@ def uniform_unigrams(vocab_size: int, bos: int, seen: np.ndarray, leftover: floa
     return p
 
 
+def kneser_ney_unigrams(a: np.ndarray, bos: int, discounts: np.ndarray) -> np.ndarray:
+    """Order 1 of (modified) Kneser-Ney from the unigrams' adjusted counts ``a`` (``<s>``'s zero):
+    discounted, with what the discounts took spread uniformly."""
+    d = discount.apply(a, discounts)
+    total = a.sum()
+    return uniform_unigrams(len(a), bos, (a - d) / total, d.sum() / total)
+
+
 CHUNK = 1 << 22  # n-grams an estimation step holds its working arrays for: 4M, about 100 MB of them
 
 
@@ -125,9 +133,7 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
     adjusted[0] = adjusted[0].copy()
     adjusted[0][bos] = 0
     discounts = [choose(a) for a in adjusted]
-    a, d = adjusted[0], discount.apply(adjusted[0], discounts[0])
-    total = a.sum()
-    probs = [uniform_unigrams(len(a), bos, (a - d) / total, d.sum() / total)]
+    probs = [kneser_ney_unigrams(adjusted[0], bos, discounts[0])]
     backoffs = []
     for k in range(2, len(tables) + 1):
         table, a = tables[k - 1], adjusted[k - 1]

@@ -35,9 +35,10 @@ import pandas as pd
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path, create_once, line_ranges
 from seqlab.ngram import discount
+from seqlab.ngram.adjust import adjusted
 from seqlab.ngram.counts import BYTES_PER_POSITION, Table, count, table_from_words, unigram_table
 from seqlab.ngram.discount import counts_of_counts
-from seqlab.ngram.estimate import NGramModel, uniform_unigrams
+from seqlab.ngram.estimate import NGramModel, kneser_ney_unigrams
 from seqlab.scoring import read_eval_set
 from seqlab.tune.cluster import error_line
 
@@ -186,26 +187,26 @@ def _adjust(part: Partition, order: int, bos: int) -> tuple:
     """Adjusted counts of orders 2..``order`` (raw at the top, continuation counts below but for
     n-grams starting with ``<s>``), their counts of counts, and this partition's share of the unigrams'
     continuation counts (how many distinct bigrams end in each word)."""
-    adjusted, stats = {}, {}
+    by_order, stats = {}, {}
     for k in range(2, order + 1):
         counts = part.counts[k]
         if k < order:
             continuation = part.extended[k] if k in part.extended else np.bincount(part.suffix(k + 1), minlength=len(counts))
-            counts = np.where(part.first(k) == bos, counts, continuation)
-        adjusted[k] = counts
+            counts = adjusted(counts, part.first(k), continuation, bos)
+        by_order[k] = counts
         stats[k] = counts_of_counts(counts)
     unigrams = None if order < 2 else part.extended[1] if 1 in part.extended else np.bincount(part.suffix(2), minlength=part.vocab_size)
-    return adjusted, (stats, unigrams)
+    return by_order, (stats, unigrams)
 
 
-def _send(part: Partition, adjusted: dict, k: int, parts: int, lower: np.ndarray) -> list:
+def _send(part: Partition, adjusted_by_order: dict, k: int, parts: int, lower: np.ndarray) -> list:
     """At home: each order-k n-gram's context, adjusted count and suffix probability (``lower``: order
     k-1's here, the unigrams' at k = 2), to its context's home."""
     words = part.words(k)
     context = words[:, :-1]
     rows, bounds = _routes(_home(context, parts), parts)
     suffix_p = lower[part.suffix(k)]
-    pieces = [(context[at], adjusted[k][at], suffix_p[at]) for at in (rows[bounds[q] : bounds[q + 1]] for q in range(parts))]
+    pieces = [(context[at], adjusted_by_order[k][at], suffix_p[at]) for at in (rows[bounds[q] : bounds[q + 1]] for q in range(parts))]
     return pieces if parts > 1 else pieces[0]  # one return is the value itself, not a list of one
 
 
@@ -277,26 +278,29 @@ class Counted:
                 rows[k].append((part.words(k), part.counts[k]))
             for k in extended:
                 extended[k].append(part.extended.get(k))
-        grams = [(np.concatenate([w for w, _ in rows[k]]), np.concatenate([c for _, c in rows[k]])) for k in rows]
-        tables, orders = _tables(self.unigrams, grams, self.vocab_size)
+        tables = [unigram_table(self.unigrams.astype(_narrow(self.unigrams)))]
+        sorted_rows = {k: _add_table(tables, np.concatenate([w for w, _ in rows[k]]), np.concatenate([c for _, c in rows[k]]),
+                                     self.vocab_size) for k in rows}
         if order > 1 and extended[1][0] is not None:  # pruned: each order's continuation counts, as prune() keeps them
             tables[0].extended = np.sum(extended[1], axis=0)
             for k in range(2, order):
-                tables[k - 1].extended = np.concatenate(extended[k])[orders[k - 1]]
+                tables[k - 1].extended = np.concatenate(extended[k])[sorted_rows[k]]
         return tables
 
 
-def _tables(unigrams: np.ndarray, grams: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> tuple[list[Table], list]:
-    """Count tables from each order's (rows of word ids, counts) in any row order, and the permutation
-    that sorted each order's rows."""
-    narrow = np.int32 if unigrams.sum() < np.iinfo(np.int32).max else np.int64
-    tables, orders = [unigram_table(unigrams.astype(narrow))], [np.arange(vocab_size)]
-    for words, counts in grams:
-        table, order = table_from_words(words.astype(np.int64), counts.astype(narrow), tables, vocab_size)
-        table.suffix = table.suffix.astype(narrow)
-        tables.append(table)
-        orders.append(order)
-    return tables, orders
+def _narrow(unigram_counts: np.ndarray):
+    """The counts' width, as ``counts.count`` chooses it: 4 bytes below 2**31 positions."""
+    return np.int32 if unigram_counts.sum() < np.iinfo(np.int32).max else np.int64
+
+
+def _add_table(tables: list[Table], words: np.ndarray, counts: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The next order's table from its rows of word ids and counts in any row order, appended to
+    ``tables``; the permutation that sorted the rows."""
+    narrow = tables[0].counts.dtype
+    table, rows = table_from_words(words, counts.astype(narrow), tables, vocab_size)
+    table.suffix = table.suffix.astype(narrow)
+    tables.append(table)
+    return rows
 
 
 def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list[int], parts: int | None = None,
@@ -353,9 +357,7 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
     discounts = [choose(a)]
     for k in range(2, order + 1):
         discounts.append(discount.from_counts_of_counts(np.sum([part[k] for part, _ in stats], axis=0), modified=estimator == "mkn"))
-    d = discount.apply(a, discounts[0])
-    total = a.sum()
-    unigram_p = uniform_unigrams(size, bos, (a - d) / total, d.sum() / total)
+    unigram_p = kneser_ney_unigrams(a, bos, discounts[0])
     unigram_bo = np.ones(size)
     send = ray.remote(_send).options(num_returns=parts, max_retries=retries)
     receive = ray.remote(_receive).options(num_returns=1 + parts, max_retries=retries)
@@ -388,7 +390,8 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
                                  "logp": _log(unigram_p), "logbo": np.log(unigram_bo)})
         if order > 1 and pruned:
             unigrams["extended"] = continuation
-        unigrams.to_parquet(_mkdir(tmp / "order=1") / "part-00000.parquet", index=False)
+        (tmp / "order=1").mkdir()
+        unigrams.to_parquet(tmp / "order=1" / "part-00000.parquet", index=False)
     params = {"discounts": [list(map(float, x)) for x in discounts]}
     if not read:
         return params
@@ -402,18 +405,17 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
     weights, read an order at a time (what is read of an order goes once its table is built)."""
     folder = Path(folder)
     unigrams = pd.read_parquet(folder / "order=1").sort_values("w0")
-    narrow = np.int32 if unigrams["count"].sum() < np.iinfo(np.int32).max else np.int64
-    tables = [unigram_table(unigrams["count"].to_numpy().astype(narrow))]
+    counts = unigrams["count"].to_numpy()
+    tables = [unigram_table(counts.astype(_narrow(counts)))]
     logp, logbo = [unigrams["logp"].to_numpy()], [unigrams["logbo"].to_numpy()]
     if "extended" in unigrams:
         tables[0].extended = unigrams["extended"].to_numpy()
     for k in range(2, order + 1):
         frame = pd.read_parquet(folder / f"order={k}")
         words = np.stack([frame.pop(f"w{i}").to_numpy() for i in range(k)], axis=1)  # 4-byte ids
-        table, rows = table_from_words(words, frame.pop("count").to_numpy().astype(narrow), tables, vocab_size)
+        rows = _add_table(tables, words, frame.pop("count").to_numpy(), vocab_size)
         del words
-        table.suffix = table.suffix.astype(narrow)
-        tables.append(table)
+        table = tables[-1]
         logp.append(frame.pop("logp").to_numpy()[rows])
         logbo.append(frame.pop("logbo").to_numpy()[rows])
         if "extended" in frame:
@@ -425,11 +427,6 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
 def _log(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.log(x)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _gather(refs: list, what: str, progress: bool, retries: int = RETRIES) -> list:
