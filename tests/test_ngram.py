@@ -141,6 +141,45 @@ def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypa
     np.testing.assert_array_equal(estimate("mkn", budgeted, 40, 1).log_probs(test), estimate("mkn", whole, 40, 1).log_probs(test))
 
 
+def test_a_model_past_its_budget_is_spilled_to_disk_and_is_the_same_model(tmp_path):
+    """A budget below the model's bound (but enough for counting in one part) spills each order's table
+    and the estimate's numbers to files that are unlinked once mapped: the same arrays, the same ARPA,
+    nothing left on disk."""
+    from seqlab.ngram import spill
+    from seqlab.ngram.counts import model_bytes
+
+    corpus = segments(TRAIN)
+    whole = count(corpus, 4, V)
+    spilled = count(corpus, 4, V, memory=model_bytes(len(corpus.ids), 4, V) - 1, spill_to=tmp_path)
+    assert spill.folder_of(whole[-1].keys) is None
+    for a, b in zip(whole[1:], spilled[1:], strict=True):
+        assert spill.folder_of(b.keys) == tmp_path and not b.keys.flags.writeable
+        for name in ("keys", "counts", "suffix", "first"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for estimator in BACKOFF_FORM:
+        ours, reference = estimate(estimator, spilled, V, B), estimate(estimator, whole, V, B)
+        assert all(spill.folder_of(logp) == tmp_path for logp in ours.logp)
+        for a, b in zip(reference.logp + reference.logbo, ours.logp + ours.logbo, strict=True):
+            np.testing.assert_array_equal(a, b)
+        write_arpa(ours, list(VOCAB.tokens), tmp_path / "spilled.arpa")
+        write_arpa(reference, list(VOCAB.tokens), tmp_path / "whole.arpa")
+        assert (tmp_path / "spilled.arpa").read_bytes() == (tmp_path / "whole.arpa").read_bytes()
+    for a, b in zip(prune(whole, [0, 0, 1], V)[1:], prune(spilled, [0, 0, 1], V)[1:], strict=True):  # pruned: spilled too
+        assert spill.folder_of(b.keys) == tmp_path and spill.folder_of(b.extended) in (tmp_path, None)
+        for name in ("keys", "counts", "suffix", "first", "extended"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    spill.forget(*ours.logp, *(t.keys for t in ours.tables))  # pages dropped, values read back from the file
+    np.testing.assert_array_equal(ours.logp[-1], reference.logp[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spilled.arpa", "whole.arpa"]
+
+
+def test_no_room_to_spill_is_one_line(tmp_path):
+    from seqlab.ngram import spill
+
+    with pytest.raises(SeqLabError, match=rf"^{re.escape(str(tmp_path / 'gone'))}: cannot spill n-gram tables there "):
+        spill.put(np.arange(3), tmp_path / "gone")
+
+
 @pytest.mark.parametrize("estimator", ["kn", "mkn"])
 def test_kneser_ney_estimated_in_slices_is_the_same_model(monkeypatch, estimator):
     """Each order's probabilities computed a slice of n-grams at a time (context sums added up over
@@ -179,10 +218,10 @@ def test_a_budget_too_small_for_one_n_gram_is_one_line():
 
 
 @pytest.mark.parametrize("estimator", BACKOFF_FORM)
-def test_arpa_written_in_slices_is_the_same_file(tmp_path, estimator):
+def test_arpa_written_in_slices_and_threads_is_the_same_file(tmp_path, estimator):
     model = build(estimator, 4)
-    write_arpa(model, list(VOCAB.tokens), tmp_path / "whole.arpa")
-    write_arpa(model, list(VOCAB.tokens), tmp_path / "slices.arpa", rows=3)
+    write_arpa(model, list(VOCAB.tokens), tmp_path / "whole.arpa", threads=1)
+    write_arpa(model, list(VOCAB.tokens), tmp_path / "slices.arpa", rows=3, threads=3)  # many slices in flight
     assert (tmp_path / "slices.arpa").read_text() == (tmp_path / "whole.arpa").read_text()
     lines = (tmp_path / "whole.arpa").read_text().splitlines()
     assert "-99\t<s>\t" in "\n".join(lines) and sum(line.count("\t") == 1 for line in lines) == len(model.tables[-1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqlab.ngram import spill
 from seqlab.ngram.counts import Table
 
 
@@ -21,6 +22,7 @@ def adjusted_counts(tables: list[Table], bos: int) -> list[np.ndarray]:
         continuation = lower.extended if lower.extended is not None else np.bincount(higher.suffix, minlength=len(lower))
         continuation = continuation.astype(lower.counts.dtype)  # the counts' width
         counts[k - 1] = adjusted(lower.counts, lower.first, continuation, bos)
+        spill.forget(higher.suffix, lower.counts, lower.first)
     return counts
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
-from itertools import repeat
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
+from seqlab.ngram import spill
 from seqlab.ngram.counts import table_from_words, unigram_table
 from seqlab.ngram.estimate import BACKOFF_FORM, NGramModel
 
@@ -17,44 +23,71 @@ LOG10 = math.log(10)
 NEVER = -99.0  # log10 probability written for <s>, which is never predicted
 
 
-def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int = 1 << 18) -> None:
-    """The model as ARPA text, written ``rows`` n-grams at a time: memory stays a slice's, whatever
-    the model's size."""
+def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int = 1 << 20, threads: int | None = None) -> None:
+    """The model as ARPA text, written ``rows`` n-grams at a time: memory stays a few slices', whatever
+    the model's size. Numbers are log10 rounded to 9 decimals (probabilities to about 1e-9 relative).
+    The lines are put together by Arrow's string kernels, not a Python string per field, in
+    ``threads`` threads (default: one per CPU and one more) that work on the next slices while one is
+    written; the file is the same whatever the threads and slices."""
     if model.estimator not in BACKOFF_FORM:
         raise SeqLabError(f"estimator {model.estimator!r} has no backoff form; ARPA is written for {', '.join(BACKOFF_FORM)}")
-    vocab = np.array(tokens, dtype=object)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        out.write("\n\\data\\\n")
+    vocab = pa.array(tokens, type=pa.string())
+    threads = threads or (os.cpu_count() or 1) + 1
+    with atomic_path(path) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool:
+        out.write(b"\n\\data\\\n")
         for k in range(1, model.order + 1):
-            out.write(f"ngram {k}={len(model.tables[k - 1])}\n")
+            out.write(f"ngram {k}={len(model.tables[k - 1])}\n".encode())
         for k in range(1, model.order + 1):
-            out.write(f"\n\\{k}-grams:\n")
-            for start in range(0, len(model.tables[k - 1]), rows):
-                at = np.arange(start, min(start + rows, len(model.tables[k - 1])))
-                logp = model.logp[k - 1][at] / LOG10
-                if k == 1:
-                    logp[at == model.bos] = NEVER
-                columns = [_numbers(logp), _text(model, k, at, vocab)]
-                if k < model.order:
-                    columns.append(_numbers(model.logbo[k - 1][at] / LOG10))
-                out.write("\n".join(map("\t".join, zip(*columns))))
-                out.write("\n")
-        out.write("\n\\end\\\n")
+            out.write(f"\n\\{k}-grams:\n".encode())
+            n = len(model.tables[k - 1])
+            slices = (np.arange(start, min(start + rows, n)) for start in range(0, n, rows))
+            for lines in _in_order(pool, partial(_lines, model, k, vocab), slices, ahead=threads):
+                out.write(_text_of(lines))
+            spill.forget(*(table.keys for table in model.tables), model.logp[k - 1], model.logbo[k - 1])
+        out.write(b"\n\\end\\\n")
 
 
-def _numbers(values: np.ndarray) -> list[str]:
-    return list(map(format, values.tolist(), repeat(".9g")))
+def _in_order(pool: ThreadPoolExecutor, work, items, ahead: int):
+    """``work`` of each item, run in ``pool`` at most ``ahead`` items ahead, yielded in the items' order."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(work, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
-def _text(model: NGramModel, k: int, ranks: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-    """The words of the order-``k`` n-grams of ``ranks``, space-separated, read back through the prefix ranks."""
+def _lines(model: NGramModel, k: int, vocab: pa.Array, at: np.ndarray) -> pa.Array:
+    """The ARPA lines (each ending in a newline) of the order-``k`` n-grams of ranks ``at``."""
+    logp = model.logp[k - 1][at] / LOG10
+    if k == 1:
+        logp[at == model.bos] = NEVER
+    fields = [_numbers(logp), pc.binary_join_element_wise(*_words(model, k, at, vocab), " ")]
+    if k < model.order:
+        fields.append(_numbers(model.logbo[k - 1][at] / LOG10))
+    return pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, "\t"), "", "\n")
+
+
+def _numbers(values: np.ndarray) -> pa.Array:
+    """Each value rounded to 9 decimals, in its shortest decimal form ('-99', '-0.000123457', '-inf')."""
+    return pc.cast(pa.array(np.round(values, 9)), pa.string())
+
+
+def _words(model: NGramModel, k: int, ranks: np.ndarray, vocab: pa.Array) -> list[pa.Array]:
+    """The words of the order-``k`` n-grams of ``ranks``, first to last, read back through the prefix ranks."""
     keys = model.tables[k - 1].keys[ranks]
-    text = vocab[keys % model.vocab_size]
-    spaced = vocab + " "
+    words = [vocab.take(keys % model.vocab_size)]
     for j in range(k - 1, 0, -1):
         keys = model.tables[j - 1].keys[keys // model.vocab_size]
-        text = spaced[keys % model.vocab_size] + text
-    return text
+        words.append(vocab.take(keys % model.vocab_size))
+    return words[::-1]
+
+
+def _text_of(strings: pa.Array) -> memoryview:
+    """The bytes of an Arrow string array's values, end to end, without a copy."""
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)
+    return memoryview(strings.buffers()[2])[offsets[strings.offset] : offsets[strings.offset + len(strings)]]
 
 
 def read_arpa(path: str | Path, vocab_index: dict[str, int], bos: int) -> NGramModel:

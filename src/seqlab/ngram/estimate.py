@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqlab.errors import SeqLabError
-from seqlab.ngram import discount
+from seqlab.ngram import discount, spill
 from seqlab.ngram.adjust import adjusted_counts
 from seqlab.ngram.counts import Table, ranks_ending_at
 from seqlab.scoring import Segments
@@ -54,9 +54,12 @@ class NGramModel:
         segment (at most order-1 of them). The one scoring path for every estimator."""
         ranks = ranks_ending_at(self.tables, segments, self.vocab_size)
         if self.logp:  # backoff form, built here or read from ARPA
-            return _backoff_log_probs(self, ranks, segments)
-        with np.errstate(divide="ignore"):  # MLE: zero probability is -inf, reported by evaluation
-            return np.log(_count_probs(self, ranks, segments))
+            out = _backoff_log_probs(self, ranks, segments)
+        else:
+            with np.errstate(divide="ignore"):  # MLE: zero probability is -inf, reported by evaluation
+                out = np.log(_count_probs(self, ranks, segments))
+        spill.forget(*(table.keys for table in self.tables), *(table.counts for table in self.tables), *self.logp, *self.logbo)
+        return out
 
     def next_log_probs(self, ids) -> np.ndarray:
         """ln p(w | ids) for every vocabulary id ``w`` (-inf for ``<s>``), through ``log_probs``: only
@@ -127,14 +130,17 @@ def _chunks(table: Table):
         yield rows, table.keys[rows] // table.vocab_size
 
 
-def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, list, dict]:
+def _kneser_ney(tables: list[Table], bos: int, modified: bool, keep) -> tuple[list, list, dict]:
+    """ln p and ln back-off of every order, estimated an order at a time: order k's probabilities need
+    order k-1's, which are then final (logged and handed to ``keep``)."""
     choose = discount.modified_kneser_ney if modified else discount.kneser_ney
     adjusted = adjusted_counts(tables, bos)
     adjusted[0] = adjusted[0].copy()
     adjusted[0][bos] = 0
     discounts = [choose(a) for a in adjusted]
-    probs = [kneser_ney_unigrams(adjusted[0], bos, discounts[0])]
-    backoffs = []
+    spill.forget(tables[-1].counts)
+    probs = kneser_ney_unigrams(adjusted[0], bos, discounts[0])
+    logp, logbo = [], []
     for k in range(2, len(tables) + 1):
         table, a = tables[k - 1], adjusted[k - 1]
         adjusted[k - 1] = None  # each order's arrays go once used: the model, not its making, sets the peak
@@ -143,23 +149,33 @@ def _kneser_ney(tables: list[Table], bos: int, modified: bool) -> tuple[list, li
         for rows, prefix in _chunks(table):  # per context: the adjusted counts and the discounts subtracted
             context_total += np.bincount(prefix, weights=a[rows], minlength=n_contexts)
             discounted += np.bincount(prefix, weights=discount.apply(a[rows], discounts[k - 1]), minlength=n_contexts)
-        gamma = np.divide(discounted, context_total, out=np.ones(n_contexts), where=context_total > 0)
+        gamma = np.divide(discounted, context_total, out=discounted, where=context_total > 0)
+        gamma[context_total <= 0] = 1.0
         p = np.empty(len(table))
         for rows, prefix in _chunks(table):  # (a - d) / total + gamma * lower
             chunk = np.subtract(a[rows], discount.apply(a[rows], discounts[k - 1]))
             chunk /= context_total[prefix]
-            lower = probs[k - 2][table.suffix[rows]]
+            lower = probs[table.suffix[rows]]
             lower *= gamma[prefix]
             chunk += lower
             p[rows] = chunk
-        del a
-        probs.append(p)
-        backoffs.append(gamma)
-    backoffs.append(np.ones(len(tables[-1])))
-    return probs, backoffs, {"discounts": [list(map(float, x)) for x in discounts]}
+        spill.forget(table.keys, table.counts, table.suffix)
+        del a, context_total
+        logp.append(_logged(probs, keep))
+        logbo.append(_logged(gamma, keep))
+        probs = p
+    logp.append(_logged(probs, keep))
+    logbo.append(np.zeros(len(tables[-1])))  # the top order is no context: back-off weights of 1, never read
+    return logp, logbo, {"discounts": [list(map(float, x)) for x in discounts]}
 
 
-def _absolute_backoff(tables: list[Table], bos: int) -> tuple[list, list, dict]:
+def _logged(values: np.ndarray, keep) -> np.ndarray:
+    """ln of ``values``, in place (no second copy of the model's numbers), handed to ``keep``."""
+    with np.errstate(divide="ignore"):
+        return keep(np.log(values, out=values))
+
+
+def _absolute_backoff(tables: list[Table], bos: int, keep) -> tuple[list, list, dict]:
     counts = [t.counts.astype(np.float64) for t in tables]
     counts[0][bos] = 0
     discounts = [float(discount.kneser_ney(c.astype(np.int64))[0]) for c in counts]
@@ -179,8 +195,9 @@ def _absolute_backoff(tables: list[Table], bos: int) -> tuple[list, list, dict]:
         alpha = np.divide(left, 1.0 - lower_seen, out=np.ones(n_contexts), where=context_total > 0)
         probs.append(p)
         backoffs.append(alpha)
-    backoffs.append(np.ones(len(tables[-1])))
-    return probs, backoffs, {"discounts": discounts}
+    logp = [_logged(p, keep) for p in probs]
+    logbo = [_logged(b, keep) for b in backoffs] + [np.zeros(len(tables[-1]))]
+    return logp, logbo, {"discounts": discounts}
 
 
 # --- count form ---------------------------------------------------------------------------------------
@@ -319,14 +336,12 @@ def estimate(
     if estimator not in ESTIMATORS:
         raise SeqLabError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
     model = NGramModel(estimator, len(tables), int(vocab_size), int(bos), tables)
+    keep = spill.like(tables[-1].keys)  # spilled counts: the probabilities go where they went
     if estimator in ("kn", "mkn"):
-        probs, backoffs, model.params = _kneser_ney(tables, bos, modified=estimator == "mkn")
-    elif estimator == "backoff":
-        probs, backoffs, model.params = _absolute_backoff(tables, bos)
-    if estimator in BACKOFF_FORM:
-        with np.errstate(divide="ignore"):
-            model.logp = [np.log(p, out=p) for p in probs]  # in place: no second copy of the model's numbers
-            model.logbo = [np.log(b, out=b) for b in backoffs]
+        model.logp, model.logbo, model.params = _kneser_ney(tables, bos, estimator == "mkn", keep)
+        return model
+    if estimator == "backoff":
+        model.logp, model.logbo, model.params = _absolute_backoff(tables, bos, keep)
         return model
     needs_valid = (estimator == "jm" and lambdas is None) or (estimator == "addk" and k is None)
     if needs_valid and valid is None:
