@@ -50,7 +50,7 @@ def ray_build(folder: Path, workers: int, partitions: int | None) -> None:
     del counted
     ray.shutdown()  # the object store's memory given back before the model is read
     estimated = time.perf_counter()
-    model = read_model(folder / "ray-mkn-5", "mkn", scale.ORDER, len(vocab), vocab.index[BOS])
+    model = read_model(folder / "ray-mkn-5", "mkn", scale.ORDER, len(vocab), vocab.index[BOS], scale.MEMORY)
     built = time.perf_counter()
     ppl = score(model, read_eval_set(folder / "test.txt", vocab, 0), "seqlab").ppl
     print(json.dumps({"start": ready - started, "count": counted_at - ready, "estimate": estimated - counted_at,

@@ -136,3 +136,27 @@ def test_a_pruned_model_on_ray_is_the_single_process_one_and_saves_alike(cluster
         assert_same_model(load_model(tmp_path / f"mkn-{order}.npz"), want)
         for a, b in zip(counted.tables(order), tables):
             assert (a.extended is None) == (b.extended is None) and (a.extended is None or np.array_equal(a.extended, b.extended))
+
+
+def test_what_is_read_back_past_the_budget_is_spilled_and_is_the_same(cluster, corpus, tmp_path):
+    from seqlab.ngram import spill
+    from seqlab.ngram.ray_engine import read_model
+
+    path, vocab = corpus
+    counted = count_on_ray(path, vocab, 3, 1 << 20, [0, 0, 1], parts=2, shard_bytes=8000, progress=False)
+    counted.memory = None
+    in_memory = counted.tables(3)
+    counted.memory = 1 << 10
+    on_disk = counted.tables(3)
+    assert all(spill.folder_of(table.keys) is None for table in in_memory)
+    assert all(spill.folder_of(table.keys) is not None for table in on_disk[1:])
+    for a, b in zip(on_disk, in_memory):
+        for column in ("keys", "counts", "suffix", "first", "extended"):
+            assert (getattr(a, column) is None) == (getattr(b, column) is None)
+            assert getattr(a, column) is None or np.array_equal(getattr(a, column), getattr(b, column))
+    want = estimate_on_ray(counted, "mkn", 3, tmp_path / "mkn-3", progress=False)  # spilled: memory 1K
+    assert spill.folder_of(want.logp[2]) is not None
+    got = read_model(tmp_path / "mkn-3", "mkn", 3, len(vocab), vocab.index[BOS])
+    got.params = want.params
+    assert spill.folder_of(got.logp[2]) is None
+    assert_same_model(got, want)

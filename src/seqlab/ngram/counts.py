@@ -47,6 +47,14 @@ class Table:
         return self.keys % self.vocab_size
 
 
+def spilled(table: Table, store) -> Table:
+    """``table`` with its columns handed to ``store`` (a ``spill.to`` or ``spill.like``), in place."""
+    table.keys, table.counts, table.suffix, table.first = map(store, (table.keys, table.counts, table.suffix, table.first))
+    if table.extended is not None:
+        table.extended = store(table.extended)
+    return table
+
+
 def unigram_table(counts: np.ndarray) -> Table:
     """Order 1 holds the whole vocabulary; a word's rank is its id."""
     vocab = np.arange(len(counts), dtype=np.int64)
@@ -129,7 +137,7 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
     refused."""
     ids = segments.ids
     n = len(ids)
-    spilling = memory is not None and model_bytes(n, order, vocab_size) > memory
+    store = spill.to(spill_to, when=memory is not None and model_bytes(n, order, vocab_size) > memory)
     narrow = np.int32 if n < np.iinfo(np.int32).max else np.int64  # ranks and counts below n: 4 bytes where they fit
     tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(narrow))]
     position_rank = ids.astype(narrow)  # rank of the (k-1)-gram starting at each position
@@ -165,9 +173,7 @@ def count(segments: Segments, order: int, vocab_size: int, memory: int | None = 
             del unique, counts, at
         for column in columns:
             column.resize(ranked, refcheck=False)  # in place: the unused end is given back
-        if spilling:
-            columns = tuple(spill.put(column, spill_to) for column in columns)
-        tables.append(Table(k, *columns, vocab_size))
+        tables.append(Table(k, *map(store, columns), vocab_size))
         del columns
         position_rank = next_rank
     return tables
@@ -234,15 +240,15 @@ def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Tabl
     extended = [np.bincount(higher.suffix, minlength=len(lower)) for lower, higher in zip(tables, tables[1:])] + [None]
     pruned = [Table(1, tables[0].keys, tables[0].counts, tables[0].suffix, tables[0].first, vocab_size, extended[0])]
     new_rank = np.arange(vocab_size, dtype=np.int64)  # order 1 keeps every id
-    spilled = spill.like(tables[-1].keys)  # spilled tables are pruned into spilled tables
+    store = spill.like(tables[-1].keys)  # spilled tables are pruned into spilled tables
     for table, continuation in zip(tables[1:], extended[1:]):
         threshold = cutoffs[min(table.order, len(cutoffs)) - 1]
         keep = table.counts > threshold
         prefix, suffix = new_rank[table.prefix[keep]], new_rank[table.suffix[keep]]
         word = table.word[keep]
         columns = (prefix * vocab_size + word, table.counts[keep], suffix, table.first[keep])
-        pruned.append(Table(table.order, *map(spilled, columns), vocab_size,
-                            None if continuation is None else spilled(continuation[keep])))
+        pruned.append(Table(table.order, *map(store, columns), vocab_size,
+                            None if continuation is None else store(continuation[keep])))
         spill.forget(table.keys, table.counts, table.suffix, table.first)
         new_rank = np.cumsum(keep) - 1
         new_rank[~keep] = -1

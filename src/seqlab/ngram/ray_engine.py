@@ -34,9 +34,9 @@ import pandas as pd
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path, create_once, line_ranges
-from seqlab.ngram import discount
+from seqlab.ngram import discount, spill
 from seqlab.ngram.adjust import adjusted
-from seqlab.ngram.counts import BYTES_PER_POSITION, Table, count, table_from_words, unigram_table
+from seqlab.ngram.counts import BYTES_PER_POSITION, MODEL_BYTES_PER_NGRAM, Table, count, spilled, table_from_words, unigram_table
 from seqlab.ngram.discount import counts_of_counts
 from seqlab.ngram.estimate import NGramModel, kneser_ney_unigrams
 from seqlab.scoring import read_eval_set
@@ -261,30 +261,31 @@ class Counted:
     merged: list  # one ObjectRef per partition (a ``Partition``)
     shards: int
     pruned: bool  # cut-offs applied: the partitions carry continuation counts from before them
+    memory: int | None = None  # ngram.memory: a model read back on the driver that may outgrow it is spilled
 
     @property
     def parts(self) -> int:
         return len(self.merged)
 
     def tables(self, order: int) -> list[Table]:
-        """The count tables of orders 1..``order``, as ``counts.count`` gives them, on the driver."""
+        """The count tables of orders 1..``order``, as ``counts.count`` gives them, on the driver, an
+        order at a time; spilled to disk (``spill``) where they may outgrow ``memory``."""
         import ray
 
-        rows = {k: [] for k in range(2, order + 1)}
-        extended = {k: [] for k in range(1, order)}
-        for ref in self.merged:
-            part = ray.get(ref)
-            for k in rows:
-                rows[k].append((part.words(k), part.counts[k]))
-            for k in extended:
-                extended[k].append(part.extended.get(k))
+        parts = [ray.get(ref) for ref in self.merged]  # views of the object store, not copies
+        rows = self.vocab_size + sum(len(part.counts[k]) for part in parts for k in range(2, order + 1))
+        store = spill.to(when=self.memory is not None and rows * MODEL_BYTES_PER_NGRAM > self.memory)
         tables = [unigram_table(self.unigrams.astype(_narrow(self.unigrams)))]
-        sorted_rows = {k: _add_table(tables, np.concatenate([w for w, _ in rows[k]]), np.concatenate([c for _, c in rows[k]]),
-                                     self.vocab_size) for k in rows}
-        if order > 1 and extended[1][0] is not None:  # pruned: each order's continuation counts, as prune() keeps them
-            tables[0].extended = np.sum(extended[1], axis=0)
-            for k in range(2, order):
-                tables[k - 1].extended = np.concatenate(extended[k])[sorted_rows[k]]
+        pruned = order > 1 and parts[0].extended.get(1) is not None
+        if pruned:  # each order's continuation counts, as prune() keeps them
+            tables[0].extended = np.sum([part.extended[1] for part in parts], axis=0)
+        for k in range(2, order + 1):
+            sorted_rows = _add_table(tables, np.concatenate([part.words(k) for part in parts]),
+                                     np.concatenate([part.counts[k] for part in parts]), self.vocab_size)
+            if pruned and k < order:
+                tables[-1].extended = np.concatenate([part.extended[k] for part in parts])[sorted_rows]
+            del sorted_rows
+            spilled(tables[-1], store)
         return tables
 
 
@@ -330,7 +331,7 @@ def count_on_ray(path: str | Path, vocab, order: int, memory: int, cutoffs: list
     merged = [merge.remote(order, len(vocab), cutoffs, marker, *[shard[1 + p] for shard in counted]) for p in range(parts)]
     del counted  # the shards' pieces go once merged
     _gather(merged, f"ngram: merging {parts} partition(s)", progress, retries)
-    return Counted(order, len(vocab), vocab.index[BOS], np.sum(unigrams, axis=0), merged, len(ranges), any(cutoffs))
+    return Counted(order, len(vocab), vocab.index[BOS], np.sum(unigrams, axis=0), merged, len(ranges), any(cutoffs), memory)
 
 
 def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | Path, retries: int = RETRIES,
@@ -395,15 +396,22 @@ def estimate_on_ray(counted: Counted, estimator: str, order: int, folder: str | 
     params = {"discounts": [list(map(float, x)) for x in discounts]}
     if not read:
         return params
-    model = read_model(folder, estimator, order, size, bos)
+    model = read_model(folder, estimator, order, size, bos, counted.memory)
     model.params = params
     return model
 
 
-def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, bos: int) -> NGramModel:
+def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, bos: int,
+               memory: int | None = None) -> NGramModel:
     """The model in the Parquet files of ``estimate_on_ray``: tables, log-probabilities and back-off
-    weights, read an order at a time (what is read of an order goes once its table is built)."""
+    weights, read an order at a time (what is read of an order goes once its table is built). A model
+    that may outgrow ``memory`` (bytes) is spilled to disk an order at a time, as ``counts.count``
+    spills."""
+    import pyarrow.parquet as pq
+
     folder = Path(folder)
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for k in range(1, order + 1) for path in (folder / f"order={k}").glob("*.parquet"))
+    store = spill.to(when=memory is not None and rows * MODEL_BYTES_PER_NGRAM > memory)
     unigrams = pd.read_parquet(folder / "order=1").sort_values("w0")
     counts = unigrams["count"].to_numpy()
     tables = [unigram_table(counts.astype(_narrow(counts)))]
@@ -416,11 +424,12 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
         rows = _add_table(tables, words, frame.pop("count").to_numpy(), vocab_size)
         del words
         table = tables[-1]
-        logp.append(frame.pop("logp").to_numpy()[rows])
-        logbo.append(frame.pop("logbo").to_numpy()[rows])
+        logp.append(store(frame.pop("logp").to_numpy()[rows]))
+        logbo.append(store(frame.pop("logbo").to_numpy()[rows]))
         if "extended" in frame:
             table.extended = frame.pop("extended").to_numpy()[rows]
-        del frame
+        del frame, rows
+        spilled(table, store)
     return NGramModel(estimator, order, vocab_size, bos, tables, logp=logp, logbo=logbo)
 
 

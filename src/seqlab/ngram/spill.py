@@ -65,11 +65,17 @@ def folder_of(array: np.ndarray) -> Path | None:
     return None if mapping is None else mapping.folder
 
 
+def to(folder: str | Path | None = None, when: bool = True):
+    """A function that spills an array to ``folder`` (default: the system's temporary folder) when
+    ``when``, or leaves it in memory."""
+    return (lambda array: put(array, folder)) if when else (lambda array: array)
+
+
 def like(reference: np.ndarray):
     """A function that spills an array to where ``reference`` was spilled, or leaves it in memory as
     ``reference`` is: what is derived from spilled tables is spilled in turn."""
     folder = folder_of(reference)
-    return (lambda array: array) if folder is None else (lambda array: put(array, folder))
+    return to(folder, when=folder is not None)
 
 
 def forget(*arrays) -> None:
