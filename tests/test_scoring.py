@@ -61,13 +61,13 @@ def test_a_token_file_read_in_blocks_is_the_split_read_whole(tmp_path, monkeypat
     from seqlab.tokenize import read_stream
 
     path = tmp_path / "test.txt"
-    path.write_text("a b zebra\n\nb b a\nyak\n", encoding="utf-8")
+    path.write_text("\na b zebra\n\nb b a\nyak\nb \u00e9t\u00e9\n\n", encoding="utf-8")  # empty lines first and last, a word not ASCII
     whole = eval_set(read_stream(path), VOCAB, 20, str(path))
     blocks = io.read_line_blocks
     monkeypatch.setattr(io, "read_line_blocks", lambda p, **shard: blocks(p, 3, **shard))  # a block a line or less
     streamed = read_eval_set(path, VOCAB, 20)
     assert (streamed.oov, streamed.characters, streamed.fingerprint) == (whole.oov, whole.characters, whole.fingerprint) == (
-        2, 24, whole.fingerprint)
+        3, 27, whole.fingerprint)
     for name in ("ids", "offset"):
         np.testing.assert_array_equal(getattr(streamed.segments, name), getattr(whole.segments, name))
     np.testing.assert_array_equal(streamed.scored, whole.scored)

@@ -91,30 +91,42 @@ class EvalSet:
 def eval_set(lines: list[list[str]], vocab: Vocab, characters: int, name: str = "split") -> EvalSet:
     """Tokenized sequences encoded as one split (``characters``: of the text, without newlines)."""
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    return _encoded([([token for line in lines for token in line], lengths)], vocab, characters, name)
+    index = vocab.index
+    codes = np.fromiter((index.get(token, -1) for line in lines for token in line), dtype=np.int64, count=int(lengths.sum()))
+    return _encoded([(codes, lengths)], vocab, characters, name)
 
 
 def read_eval_set(path: str | Path, vocab: Vocab, characters: int, start: int = 0, stop: int | None = None) -> EvalSet:
     """A token file (one sequence per line, tokens separated by single spaces) encoded block by block,
     so no Python object per token outlives its block: what a split larger than memory as text needs.
-    ``start`` and ``stop`` read one shard of its lines (``io.line_ranges``)."""
+    ``start`` and ``stop`` read one shard of its lines (``io.line_ranges``). The lines are split and
+    looked up in the vocabulary by Arrow's string kernels, not a Python string per token."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from seqlab.io import read_line_blocks
+
+    known = pa.array(vocab.tokens, type=pa.string())
 
     def blocks():
         for lines in read_line_blocks(path, start=start, stop=stop):
-            text = " ".join(filter(None, lines))  # split once: the tokens of every line, end to end
-            lengths = np.fromiter((line.count(" ") + 1 if line else 0 for line in lines), dtype=np.int64, count=len(lines))
-            yield (text.split(" ") if text else []), lengths
+            pieces = pc.split_pattern(pa.array(lines, type=pa.large_string()), " ")
+            lengths = pc.list_value_length(pieces).to_numpy().astype(np.int64)
+            codes = pc.fill_null(pc.index_in(pieces.flatten(), value_set=known), -1).to_numpy().astype(np.int64)
+            empty = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)) == 0
+            if empty.any():  # an empty line splits into one empty piece, not a token
+                codes = np.delete(codes, pieces.offsets.to_numpy()[:-1][empty])
+                lengths[empty] = 0
+            yield codes, lengths
 
     return _encoded(blocks(), vocab, characters, str(path))
 
 
-def _encoded(blocks: Iterable[tuple[list[str], np.ndarray]], vocab: Vocab, characters: int, name: str) -> EvalSet:
-    """Blocks of (tokens end to end, tokens per sequence) as one split."""
+def _encoded(blocks: Iterable[tuple[np.ndarray, np.ndarray]], vocab: Vocab, characters: int, name: str) -> EvalSet:
+    """Blocks of (token ids end to end, -1 where a token is not in ``vocab``; tokens per sequence) as one split."""
     bos, eos, unk = vocab.index[BOS], vocab.index[EOS], vocab.index[UNK]
     ids, lengths, oov = [], [], 0
-    for tokens, counts in blocks:
-        codes = np.fromiter(map(vocab.index.get, tokens, repeat(-1)), dtype=np.int64, count=len(tokens))
+    for codes, counts in blocks:
         unknown = codes < 0
         oov += int(unknown.sum())
         codes[unknown] = unk
