@@ -198,6 +198,37 @@ def test_kneser_ney_estimated_in_slices_is_the_same_model(monkeypatch, estimator
         np.testing.assert_allclose(b, a, rtol=1e-13, atol=0)
 
 
+def test_a_table_from_rows_of_words_looked_up_a_slice_at_a_time_is_the_counted_table(monkeypatch):
+    """A table rebuilt from its n-grams' words in any row order (the Ray engine's read-back, a saved
+    model's load), its prefixes and suffixes looked up a few rows at a time: the counted table."""
+    from seqlab.ngram import counts as module
+    from seqlab.ngram.counts import table_from_words, unigram_table
+
+    rng = np.random.default_rng(2)
+    sentences = [list(rng.integers(3, 30, size=n)) for n in rng.integers(1, 25, size=200)]
+    tables = count(Segments.from_sentences(sentences, 1, 2), 4, 30)
+    monkeypatch.setattr(module, "LOOKUP_ROWS", 5)
+    rebuilt = [unigram_table(tables[0].counts)]
+    for table in tables[1:]:
+        words = _words(tables, table.order)
+        shuffle = rng.permutation(len(words))
+        built, order = table_from_words(words[shuffle].astype(np.int32), table.counts[shuffle], rebuilt, 30)
+        assert len(words) > 20 * module.LOOKUP_ROWS
+        for column in ("keys", "counts", "suffix", "first"):
+            np.testing.assert_array_equal(getattr(built, column), getattr(table, column))
+        np.testing.assert_array_equal(shuffle[order], np.arange(len(table)))
+        rebuilt.append(built)
+
+
+def _words(tables, order):
+    """The words of every n-gram of ``order``, one row each, first to last, in table order."""
+    rank, columns = np.arange(len(tables[order - 1])), []
+    for table in tables[order - 1:0:-1]:
+        columns.append(table.word[rank])
+        rank = table.prefix[rank]
+    return np.stack([rank, *columns[::-1]], axis=1)  # order 1: a word's rank is its id
+
+
 @pytest.mark.parametrize("order", [1, 3, 5])
 def test_a_models_memory_is_bounded_before_it_is_counted(order):
     from seqlab.ngram.counts import MODEL_BYTES_PER_NGRAM, model_bytes

@@ -73,12 +73,18 @@ def table_from_words(words: np.ndarray, counts: np.ndarray, tables: list[Table],
     """The order-k table of the n-grams in the rows of ``words`` (k columns), given the lower tables;
     also the permutation that sorted the rows. A prefix missing from the lower table has rank -1.
     ``words`` may be 4-byte ids: nothing of the rows' size is copied in 8 bytes."""
-    keys = rank_of(tables, words[:, :-1], vocab_size)
-    keys *= vocab_size
-    keys += words[:, -1]
-    suffix = rank_of(tables, words[:, 1:], vocab_size)
+    rows = len(words)
+    keys, suffix = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
+    for start in range(0, rows, LOOKUP_ROWS):  # the lookups' working arrays for a slice of rows at a time
+        part = words[start:start + LOOKUP_ROWS]
+        at = slice(start, start + len(part))
+        keys[at] = rank_of(tables, part[:, :-1], vocab_size)
+        keys[at] *= vocab_size
+        keys[at] += part[:, -1]
+        suffix[at] = rank_of(tables, part[:, 1:], vocab_size)
     order = np.argsort(keys, kind="stable")
-    table = Table(words.shape[1], keys[order], counts[order], suffix[order], words[order, 0].astype(np.int32), vocab_size)
+    keys, suffix = keys[order], suffix[order]  # the unsorted arrays go as the sorted ones come
+    table = Table(words.shape[1], keys, counts[order], suffix, words[order, 0].astype(np.int32), vocab_size)
     return table, order
 
 
@@ -117,6 +123,7 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
 
 
 SORTED_LOOKUPS = 1 << 20  # more lookups than this at once are sorted first
+LOOKUP_ROWS = 1 << 22  # a table built from rows of words looks up their prefixes and suffixes this many rows at a time
 BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and the sort's (`_unique`)
 MODEL_BYTES_PER_NGRAM = 20 + 16  # a table's row, and the estimate's log-probability and back-off weight
 

@@ -419,17 +419,25 @@ def read_model(folder: str | Path, estimator: str, order: int, vocab_size: int, 
     if "extended" in unigrams:
         tables[0].extended = unigrams["extended"].to_numpy()
     for k in range(2, order + 1):
-        frame = pd.read_parquet(folder / f"order={k}")
-        words = np.stack([frame.pop(f"w{i}").to_numpy() for i in range(k)], axis=1)  # 4-byte ids
-        rows = _add_table(tables, words, frame.pop("count").to_numpy(), vocab_size)
+        frame = pq.read_table(folder / f"order={k}")
+
+        def take(name: str) -> np.ndarray:  # a column as numpy, its Arrow buffers given back at once
+            nonlocal frame
+            column = frame.column(name).to_numpy()
+            frame = frame.drop_columns([name])
+            return column
+
+        words = np.stack([take(f"w{i}") for i in range(k)], axis=1)  # 4-byte ids
+        rows = _add_table(tables, words, take("count"), vocab_size)
         del words
         table = tables[-1]
-        logp.append(store(frame.pop("logp").to_numpy()[rows]))
-        logbo.append(store(frame.pop("logbo").to_numpy()[rows]))
-        if "extended" in frame:
-            table.extended = frame.pop("extended").to_numpy()[rows]
+        logp.append(store(take("logp")[rows]))
+        logbo.append(store(take("logbo")[rows]))
+        if "extended" in frame.column_names:
+            table.extended = take("extended")[rows]
         del frame, rows
         spilled(table, store)
+        spill.forget(*(array for lower in tables[:-1] for array in (lower.keys, lower.counts, lower.suffix, lower.first)))
     return NGramModel(estimator, order, vocab_size, bos, tables, logp=logp, logbo=logbo)
 
 
