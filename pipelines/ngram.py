@@ -68,7 +68,8 @@ def build(estimator: str, order: int, folder: Path, packed: Path) -> dict:
         else:
             if order not in SHARED["counted"]:
                 SHARED["counted"] = {order: SHARED["on_ray"].tables(order) if cfg.engine == "ray" else prune(
-                    count(splits["train"].segments, order, len(vocab), cfg.memory_bytes), cfg.cutoffs, len(vocab))}
+                    count(splits["train"].segments, order, len(vocab), cfg.memory_bytes, threads=SHARED["threads"]),
+                    cfg.cutoffs, len(vocab))}
             model = estimate(estimator, SHARED["counted"][order], len(vocab), vocab.index[BOS], valid=splits["valid"].segments,
                              k=cfg.addk_k)
         build_seconds = time.perf_counter() - started
@@ -127,6 +128,7 @@ def main() -> None:
             workers = max(1, free // need)
             print(f"ngram: {workers} worker(s): an order-{highest} model of {positions:,} train positions may take up to "
                   f"{need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB is free")
+        SHARED["threads"] = max(1, (os.cpu_count() or 1) // workers)  # counting's sorts share the cores left to a worker
         # the builds run in forked workers, the MLflow runs and registrations here, in grid order
         with tempfile.TemporaryDirectory() as packed, ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             jobs = []

@@ -130,7 +130,7 @@ def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypa
     split = []
     parts = counts._parts
     monkeypatch.setattr(counts, "_parts", lambda *a: split.append(parts(*a)) or split[-1])
-    budgeted = count(corpus, 5, 40, memory=most * counts.BYTES_PER_POSITION)
+    budgeted = count(corpus, 5, 40, memory=most * counts.BYTES_PER_POSITION, threads=1)
     assert all(len(p) > 1 for p in split)  # every order in several parts
     within = any(low % 40 or high % 40 for p in split for low, high in p)
     assert within == (cut == "within a prefix")
@@ -139,6 +139,30 @@ def test_counting_in_parts_within_a_memory_budget_gives_the_same_tables(monkeypa
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     test = Segments.from_sentences(sentences[:20], 1, 2)
     np.testing.assert_array_equal(estimate("mkn", budgeted, 40, 1).log_probs(test), estimate("mkn", whole, 40, 1).log_probs(test))
+
+
+@pytest.mark.parametrize("memory", [None, 3_000 * 64])
+def test_parts_counted_on_several_threads_give_the_same_tables(monkeypatch, memory):
+    """Parts of each order sorted on three threads at once, with and without a budget, give the tables
+    of one part on one thread; so does a corpus whose one n-gram holds most windows (a part of its own,
+    larger than a thread's share)."""
+    from seqlab.ngram import counts
+
+    monkeypatch.setattr(counts, "PARALLEL_WINDOWS", 100)
+    rng = np.random.default_rng(1)
+    varied = [list(rng.integers(3, 40, size=n)) for n in rng.integers(1, 30, size=300)]
+    repeated = [[3] * 25 for _ in range(100)] + varied[:20]  # "3 3" is most of the windows of every order
+    for sentences in (varied, repeated):
+        corpus = Segments.from_sentences(sentences, 1, 2)
+        split = []
+        parts = counts._parts
+        monkeypatch.setattr(counts, "_parts", lambda *a: split.append(parts(*a)) or split[-1])
+        threaded = count(corpus, 5, 40, memory, threads=3)
+        monkeypatch.setattr(counts, "_parts", parts)
+        assert all(len(p) > 1 for p in split)
+        for a, b in zip(count(corpus, 5, 40, threads=1), threaded):
+            for name in ("keys", "counts", "suffix", "first"):
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
 def test_a_model_past_its_budget_is_spilled_to_disk_and_is_the_same_model(tmp_path):

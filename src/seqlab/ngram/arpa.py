@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -15,7 +13,7 @@ import pyarrow.compute as pc
 
 from seqlab.errors import SeqLabError
 from seqlab.io import atomic_path
-from seqlab.ngram import spill
+from seqlab.ngram import parallel, spill
 from seqlab.ngram.counts import table_from_words, unigram_table
 from seqlab.ngram.estimate import BACKOFF_FORM, NGramModel
 
@@ -23,7 +21,7 @@ LOG10 = math.log(10)
 NEVER = -99.0  # log10 probability written for <s>, which is never predicted
 
 
-def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int = 1 << 20, threads: int | None = None) -> None:
+def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int = 1 << 16, threads: int | None = None) -> None:
     """The model as ARPA text, written ``rows`` n-grams at a time: memory stays a few slices', whatever
     the model's size. Numbers are log10 rounded to 9 decimals (probabilities to about 1e-9 relative).
     The lines are put together by Arrow's string kernels, not a Python string per field, in
@@ -32,7 +30,7 @@ def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int
     if model.estimator not in BACKOFF_FORM:
         raise SeqLabError(f"estimator {model.estimator!r} has no backoff form; ARPA is written for {', '.join(BACKOFF_FORM)}")
     vocab = pa.array(tokens, type=pa.string())
-    threads = threads or (os.cpu_count() or 1) + 1
+    threads = threads or parallel.cores() + 1
     with atomic_path(path) as tmp, open(tmp, "wb") as out, ThreadPoolExecutor(threads) as pool:
         out.write(b"\n\\data\\\n")
         for k in range(1, model.order + 1):
@@ -41,21 +39,10 @@ def write_arpa(model: NGramModel, tokens: list[str], path: str | Path, rows: int
             out.write(f"\n\\{k}-grams:\n".encode())
             n = len(model.tables[k - 1])
             slices = (np.arange(start, min(start + rows, n)) for start in range(0, n, rows))
-            for lines in _in_order(pool, partial(_lines, model, k, vocab), slices, ahead=threads):
+            for lines in parallel.in_order(pool, partial(_lines, model, k, vocab), slices, ahead=threads):
                 out.write(_text_of(lines))
             spill.forget(*(table.keys for table in model.tables), model.logp[k - 1], model.logbo[k - 1])
         out.write(b"\n\\end\\\n")
-
-
-def _in_order(pool: ThreadPoolExecutor, work, items, ahead: int):
-    """``work`` of each item, run in ``pool`` at most ``ahead`` items ahead, yielded in the items' order."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(work, item))
-        if len(pending) > ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _lines(model: NGramModel, k: int, vocab: pa.Array, at: np.ndarray) -> pa.Array:

@@ -9,13 +9,15 @@ table is the lexicographically sorted list of its n-grams, and looking one up is
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from seqlab.errors import SeqLabError
-from seqlab.ngram import spill
+from seqlab.ngram import parallel, spill
 from seqlab.scoring import Segments
 
 
@@ -124,6 +126,7 @@ def ranks_ending_at(tables: list[Table], segments: Segments, vocab_size: int) ->
 
 SORTED_LOOKUPS = 1 << 20  # more lookups than this at once are sorted first
 LOOKUP_ROWS = 1 << 22  # a table built from rows of words looks up their prefixes and suffixes this many rows at a time
+PARALLEL_WINDOWS = 1 << 20  # an order of fewer windows than this is counted in one part, on one thread
 BYTES_PER_POSITION = 64  # what counting holds per window of a part: its position, key, and the sort's (`_unique`)
 MODEL_BYTES_PER_NGRAM = 20 + 16  # a table's row, and the estimate's log-probability and back-off weight
 
@@ -135,55 +138,78 @@ def model_bytes(positions: int, order: int, vocab_size: int) -> int:
 
 
 def count(segments: Segments, order: int, vocab_size: int, memory: int | None = None,
-          spill_to: str | Path | None = None) -> list[Table]:
-    """Count every n-gram of order 1..``order`` in ``segments``. With a ``memory`` budget (bytes), each
-    order is counted in parts, ranges of the sorted keys that fit it (a frequent prefix split by its
-    next word), and a model that may outgrow the budget (``model_bytes``) has each order's table
-    spilled to ``spill_to`` (default: the system's temporary folder) as soon as it is counted; the
-    tables are the same whatever the budget. A budget smaller than the windows of one n-gram is
-    refused."""
+          spill_to: str | Path | None = None, threads: int | None = None) -> list[Table]:
+    """Count every n-gram of order 1..``order`` in ``segments``. Each order is counted in parts, ranges
+    of the sorted keys (a frequent prefix split by its next word), sorted on ``threads`` threads
+    (default: one per core) at once; with a ``memory`` budget (bytes) the parts in flight fit it
+    together, and a model that may outgrow the budget (``model_bytes``) has each order's table
+    spilled to ``spill_to`` (default: the system's temporary folder) as soon as it is counted. The
+    tables are the same whatever the budget and the threads. A budget smaller than the windows of one
+    n-gram is refused."""
     ids = segments.ids
     n = len(ids)
+    threads = threads or parallel.cores()
     store = spill.to(spill_to, when=memory is not None and model_bytes(n, order, vocab_size) > memory)
     narrow = np.int32 if n < np.iinfo(np.int32).max else np.int64  # ranks and counts below n: 4 bytes where they fit
     tables = [unigram_table(np.bincount(ids, minlength=vocab_size).astype(narrow))]
     position_rank = ids.astype(narrow)  # rank of the (k-1)-gram starting at each position
-    for k in range(2, order + 1):
-        windows = max(n - k + 1, 0)
-        inside = segments.offset[k - 1 : k - 1 + windows] >= k - 1  # windows at 0..n-k that stay in their segment
-        prefix_rank = position_rank[:windows]
-        parts = _parts(prefix_rank, inside, ids[k - 1 : k - 1 + windows], len(tables[-1]), vocab_size, memory, k)
-        next_rank = np.full(n, -1, dtype=narrow)
-        # the order's table, filled part by part: sized for every window, of which only the n-grams found
-        # are ever written (untouched pages take no memory), then cut to them; no second copy is made
-        most = int(inside.sum())
-        columns = (np.empty(most, np.int64), np.empty(most, narrow), np.empty(most, narrow), np.empty(most, np.int32))
-        ranked = 0
-        for low, high in parts:  # key ranges, in order
-            if len(parts) == 1:
-                starts = np.flatnonzero(inside)
-            else:  # the prefixes the range touches, then the keys inside it
-                starts = np.flatnonzero(inside & (prefix_rank >= low // vocab_size) & (prefix_rank <= (high - 1) // vocab_size))
-            keys = prefix_rank[starts].astype(np.int64) * vocab_size + ids[starts + k - 1]
-            if len(parts) > 1 and (low % vocab_size or high % vocab_size):  # a prefix split between parts
-                keep = (keys >= low) & (keys < high)
-                starts, keys = starts[keep], keys[keep]
-            unique, first_index, inverse, counts = _unique(keys)
-            del keys
-            at = starts[first_index]  # one occurrence of each n-gram
-            next_rank[starts] = inverse + ranked
-            del starts, inverse
-            # the (k-1)-gram starting one later is the suffix
-            for column, values in zip(columns, (unique, counts, position_rank[at + 1], ids[at])):
-                column[ranked : ranked + len(unique)] = values
-            ranked += len(unique)
-            del unique, counts, at
-        for column in columns:
-            column.resize(ranked, refcheck=False)  # in place: the unused end is given back
-        tables.append(Table(k, *map(store, columns), vocab_size))
-        del columns
-        position_rank = next_rank
+    with ThreadPoolExecutor(threads) as pool:
+        for k in range(2, order + 1):
+            windows = max(n - k + 1, 0)
+            inside = segments.offset[k - 1 : k - 1 + windows] >= k - 1  # windows at 0..n-k that stay in their segment
+            prefix_rank = position_rank[:windows]
+            parts = _parts(tables[-1].counts, prefix_rank, inside, ids[k - 1 : k - 1 + windows], vocab_size, memory, k, threads)
+            spill.forget(tables[-1].counts)
+            next_rank = np.full(n, -1, dtype=narrow)
+            # the order's table, filled part by part: sized for every window, of which only the n-grams found
+            # are ever written (untouched pages take no memory), then cut to them; no second copy is made
+            most = int(inside.sum())
+            columns = (np.empty(most, np.int64), np.empty(most, narrow), np.empty(most, narrow), np.empty(most, np.int32))
+            # each part writes its n-grams and its windows' ranks itself, at the offset the parts before it
+            # leave: a part hands the next its offset as soon as it knows how many n-grams it holds
+            offsets = [Future() for _ in range(len(parts) + 1)]
+            offsets[0].set_result(0)
+            work = partial(_count_part, ids, position_rank, inside, k, vocab_size, len(parts) == 1, columns, next_rank)
+            for _ in parallel.in_order(pool, work, zip(parts, offsets, offsets[1:]), ahead=threads - 1):
+                pass
+            ranked = offsets[-1].result()
+            for column in columns:
+                column.resize(ranked, refcheck=False)  # in place: the unused end is given back
+            tables.append(Table(k, *map(store, columns), vocab_size))
+            del columns
+            position_rank = next_rank
     return tables
+
+
+def _count_part(ids: np.ndarray, position_rank: np.ndarray, inside: np.ndarray, k: int, vocab_size: int, whole: bool,
+                columns: tuple[np.ndarray, ...], next_rank: np.ndarray, work: tuple[tuple[int, int], Future, Future]) -> None:
+    """Count the windows whose keys fall in a part's bounds (every window inside a segment when
+    ``whole``): their n-grams into ``columns`` and each window's rank into ``next_rank``, after the
+    n-grams of the parts before it (their number: the part's ``offset``; it sets ``following``)."""
+    (low, high), offset, following = work
+    try:
+        prefix_rank = position_rank[: len(inside)]
+        if whole:
+            starts = np.flatnonzero(inside)
+        else:  # the prefixes the range touches, then the keys inside it
+            starts = np.flatnonzero(inside & (prefix_rank >= low // vocab_size) & (prefix_rank <= (high - 1) // vocab_size))
+        keys = prefix_rank[starts].astype(np.int64) * vocab_size + ids[starts + k - 1]
+        if not whole and (low % vocab_size or high % vocab_size):  # a prefix split between parts
+            keep = (keys >= low) & (keys < high)
+            starts, keys = starts[keep], keys[keep]
+        unique, first_index, inverse, counts = _unique(keys)
+        del keys
+        ranked = offset.result()
+        following.set_result(ranked + len(unique))
+    except BaseException as error:  # the parts after this one stop waiting
+        if not following.done():
+            following.set_exception(error)
+        raise
+    next_rank[starts] = inverse + ranked
+    del inverse
+    at = starts[first_index]  # one occurrence of each n-gram; the (k-1)-gram starting one later is its suffix
+    for column, values in zip(columns, (unique, counts, position_rank[at + 1], ids[at])):
+        column[ranked : ranked + len(unique)] = values
 
 
 def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -200,39 +226,47 @@ def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return ordered[at], order[at], inverse, np.diff(at, append=len(keys))
 
 
-def _parts(prefix_rank: np.ndarray, inside: np.ndarray, last: np.ndarray, prefixes: int, vocab_size: int,
-           memory: int | None, k: int) -> list[tuple[int, int]]:
-    """Ranges [low, high) of keys whose windows fit ``memory`` (one range for all without a budget).
-    Cells of the key space are cut greedily: a prefix whole, or, where its windows alone exceed the
-    budget, the prefix followed by each next word (``last``: the window's last word)."""
+def _parts(per_prefix: np.ndarray, prefix_rank: np.ndarray, inside: np.ndarray, last: np.ndarray, vocab_size: int,
+           memory: int | None, k: int, threads: int = 1) -> list[tuple[int, int]]:
+    """Ranges [low, high) of keys, about a share of ``memory`` for each of ``threads`` parts in flight
+    (one range for all without a budget or a second thread; with a second thread, past
+    ``PARALLEL_WINDOWS``, at least one part a thread). Cells of the key space are cut greedily: a
+    prefix whole, or, where its windows alone exceed a part, the prefix followed by each next word
+    (``last``: the window's last word); a cell larger than a part is a part of its own. A prefix's
+    windows are bounded by its count, ``per_prefix`` (the lower order's counts: an occurrence at a
+    segment's end starts no window), so no pass over the windows is needed but for a split prefix."""
+    prefixes = len(per_prefix)
     everything = [(0, prefixes * vocab_size)]
-    if memory is None or int(inside.sum()) * BYTES_PER_POSITION <= memory:
+    total = int(inside.sum())
+    fits = total if memory is None else memory // BYTES_PER_POSITION // threads
+    if threads > 1 and total >= PARALLEL_WINDOWS:
+        fits = min(fits, -(-int(per_prefix.sum(dtype=np.int64)) // threads))
+    if total <= fits:
         return everything
-    fits = memory // BYTES_PER_POSITION
-    per_prefix = np.bincount(prefix_rank[inside], minlength=prefixes)
-    heavy = np.flatnonzero(per_prefix > fits)
-    cell_keys, cell_windows, start = [], [], 0
-    for prefix in heavy.tolist():  # few: together they hold at most all windows over the budget
-        cell_keys.append(np.arange(start, prefix, dtype=np.int64) * vocab_size)
-        cell_windows.append(per_prefix[start:prefix])
+    fits = max(fits, 1)
+    runs, start = [], 0  # runs of cells: (the key of a run's i-th cell, the windows of each cell)
+    for prefix in np.flatnonzero(per_prefix > fits).tolist():  # few: together they hold at most all windows
+        runs.append((lambda i, first=start: (first + i) * vocab_size, per_prefix[start:prefix]))
         per_word = np.bincount(last[inside & (prefix_rank == prefix)], minlength=vocab_size)
-        if per_word.max() > fits:
+        if memory is not None and per_word.max() * BYTES_PER_POSITION > memory:
             raise SeqLabError(f"ngram.memory: {memory:,} bytes cannot hold the {int(per_word.max()):,} windows of one "
                               f"order-{k} n-gram (at least {int(per_word.max()) * BYTES_PER_POSITION:,} bytes); "
                               "give counting more memory")
         words = np.flatnonzero(per_word)
-        cell_keys.append(prefix * vocab_size + words)
-        cell_windows.append(per_word[words])
+        runs.append((lambda i, keys=prefix * vocab_size + words: int(keys[i]), per_word[words]))
         start = prefix + 1
-    cell_keys.append(np.arange(start, prefixes, dtype=np.int64) * vocab_size)
-    cell_windows.append(per_prefix[start:])
-    keys, cumulative = np.concatenate(cell_keys), np.cumsum(np.concatenate(cell_windows))
-    bounds, cell, before = [], 0, 0
-    while cell < len(keys):  # greedy: each part takes the cells that still fit
-        next_cell = int(np.searchsorted(cumulative, before + fits, side="right"))
-        bounds.append((int(keys[cell]) if bounds else 0, int(keys[next_cell]) if next_cell < len(keys) else everything[0][1]))
-        cell, before = next_cell, int(cumulative[next_cell - 1])
-    return bounds
+    runs.append((lambda i, first=start: (first + i) * vocab_size, per_prefix[start:]))
+    lows, room = [0], fits  # where each part starts; the windows the open part may still take
+    for key_of, windows in runs:  # greedy: a part takes the cells that still fit, a new part at least one
+        cumulative, cell, taken = np.cumsum(windows), 0, 0
+        while cell < len(windows):
+            if windows[cell] > room and room < fits:  # the open part has taken cells: this one opens the next
+                lows.append(key_of(cell))
+                room = fits
+            next_cell = max(int(np.searchsorted(cumulative, taken + room, side="right")), cell + 1)
+            room -= int(cumulative[next_cell - 1]) - taken
+            cell, taken = next_cell, int(cumulative[next_cell - 1])
+    return list(zip(lows, lows[1:] + [everything[0][1]]))
 
 
 def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Table]:

@@ -116,7 +116,7 @@ def _count_shard(path: str, start: int, stop: int, vocab, order: int, memory: in
     order 2 and, above, the position of the n-gram's suffix in this shard's order k-1 for the same
     partition (the suffix lives there too), so merging needs no lookup of words."""
     segments = read_eval_set(path, vocab, 0, start, stop).segments
-    tables = count(segments, order, len(vocab), memory)
+    tables = count(segments, order, len(vocab), memory, threads=1)  # a task holds one CPU
     del segments
     words = tables[0].word[:, None].astype(np.int32)
     per_part: list[list] = [[] for _ in range(parts)]
