@@ -12,7 +12,6 @@ dropped from the grid is removed.
 
 import gzip
 import json
-import os
 import resource
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ import yaml
 from seqlab import paths, stage
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, sha256_text, write_json
-from seqlab.ngram import BACKOFF_FORM, count, estimate, prune
+from seqlab.ngram import BACKOFF_FORM, count, estimate, parallel, prune
 from seqlab.ngram.arpa import write_arpa
 from seqlab.ngram.counts import model_bytes
 from seqlab.ngram.model_file import save_model
@@ -121,14 +120,14 @@ def main() -> None:
         build_on_ray(params, todo)
     elif todo:
         SHARED["splits"]["train"] = load_eval_set(paths.TOKENS, "train", vocab)
-        workers = min(len(todo), os.cpu_count() or 1)
+        workers = min(len(todo), parallel.cores())
         positions, highest = len(SHARED["splits"]["train"].segments.ids), max(order for _, order, _ in todo)
         need, free = model_bytes(positions, highest, len(vocab)), psutil.virtual_memory().available
         if workers > 1 and need * workers > free:  # each worker holds the model it builds
             workers = max(1, free // need)
             print(f"ngram: {workers} worker(s): an order-{highest} model of {positions:,} train positions may take up to "
                   f"{need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB is free")
-        SHARED["threads"] = max(1, (os.cpu_count() or 1) // workers)  # counting's sorts share the cores left to a worker
+        SHARED["threads"] = max(1, parallel.cores() // workers)  # counting's sorts share the cores left to a worker
         # the builds run in forked workers, the MLflow runs and registrations here, in grid order
         with tempfile.TemporaryDirectory() as packed, ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             jobs = []

@@ -236,13 +236,13 @@ def _parts(per_prefix: np.ndarray, prefix_rank: np.ndarray, inside: np.ndarray, 
     windows are bounded by its count, ``per_prefix`` (the lower order's counts: an occurrence at a
     segment's end starts no window), so no pass over the windows is needed but for a split prefix."""
     prefixes = len(per_prefix)
-    everything = [(0, prefixes * vocab_size)]
+    end = prefixes * vocab_size
     total = int(inside.sum())
     fits = total if memory is None else memory // BYTES_PER_POSITION // threads
     if threads > 1 and total >= PARALLEL_WINDOWS:
         fits = min(fits, -(-int(per_prefix.sum(dtype=np.int64)) // threads))
     if total <= fits:
-        return everything
+        return [(0, end)]
     fits = max(fits, 1)
     runs, start = [], 0  # runs of cells: (the key of a run's i-th cell, the windows of each cell)
     for prefix in np.flatnonzero(per_prefix > fits).tolist():  # few: together they hold at most all windows
@@ -266,7 +266,7 @@ def _parts(per_prefix: np.ndarray, prefix_rank: np.ndarray, inside: np.ndarray, 
             next_cell = max(int(np.searchsorted(cumulative, taken + room, side="right")), cell + 1)
             room -= int(cumulative[next_cell - 1]) - taken
             cell, taken = next_cell, int(cumulative[next_cell - 1])
-    return list(zip(lows, lows[1:] + [everything[0][1]]))
+    return list(zip(lows, lows[1:] + [end]))
 
 
 def prune(tables: list[Table], cutoffs: list[int], vocab_size: int) -> list[Table]:
