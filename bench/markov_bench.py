@@ -4,17 +4,27 @@ test cross-entropy beside the chain's (the lowest any model can expect on those 
     python bench/markov_bench.py                       # every setting below
     python bench/markov_bench.py --setting 40x2-1M     # one of them
     python bench/markov_bench.py --setting 40x2-300k -S tune.num_samples=4
+    python bench/markov_bench.py --setting 40x2-1M --keep /tmp/markov   # keep the project, then explain the gap
+    python bench/markov_bench.py --setting 40x2-1M --explain /tmp/markov/40x2-1M   # explain a kept project's gap
 
 Each setting is a fresh project (this repository's dvc.yaml, params.yaml, pipelines and src) in a
 temporary folder with the chain's corpus as ``data.source: directory`` and ``tokenize.pattern: \\S+``;
 every other param is params.yaml's, so the numbers are what a user with such data gets from
 ``dvc repro``. ``-S section.key=value`` changes a param for every setting. Needs the project's
 environment (``make setup``); a setting takes about as long as ``make repro``.
+
+``--explain`` splits the neural model's excess over the chain on valid (the mean KL divergence from
+the chain's next-state distribution to the model's) into three parts: the mass the model puts on
+successors the chain never takes; the divergence of the model's prediction averaged over every
+position with the same chain context (what remains if the model read only the chain's own
+context); and the rest, the divergence that comes from predictions moving with states older than
+the chain's order (learnt from the training sequences, absent from the chain).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -67,17 +77,94 @@ def table(folder: Path, truth: float) -> list[tuple[str, float, float]]:
     return sorted(rows, key=lambda row: row[1])
 
 
+def explain(folder: Path, chain: Chain, tokens: int = 60_000) -> dict[str, float]:
+    """The neural model's (``models/neural/model.pt``) excess over the chain on the first ``tokens``
+    valid tokens, read as one stream with the state carried, split as the module's docstring says."""
+    import numpy as np
+    import torch
+
+    from seqlab.models.checkpoint import load_checkpoint
+    from seqlab.scoring import load_eval_set
+    from seqlab.vocab import load_vocab
+
+    vocab = load_vocab(folder / "data" / "vocab")
+    ids = load_eval_set(folder / "data" / "tokens", "valid", vocab).segments.ids[: tokens + 1]
+    model = load_checkpoint(folder / "models" / "neural" / "model.pt", vocab.sha256).eval()
+    width, names = chain.states + 1, vocab.decode(range(len(vocab)))
+    to_chain = np.zeros((len(vocab), width))  # vocabulary entry -> chain symbol (states, then the end)
+    for i, name in enumerate(names):
+        if name == "</s>":
+            to_chain[i, chain.states] = 1
+        elif name[:1] == "s" and name[1:].isdigit():
+            to_chain[i, int(name[1:])] = 1
+    pieces, state = [], model.init_state(1)
+    with torch.no_grad():
+        stream = torch.from_numpy(ids[:-1].astype(np.int64))[None]
+        for start in range(0, stream.shape[1], 128):
+            features, state, _ = model(stream[:, start : start + 128], state)
+            pieces.append(model.output.log_probs(features[0]).double().exp().numpy())
+    predicted = np.concatenate(pieces) @ to_chain  # (positions, width): the model's next-symbol distribution
+    table, start = chain.table, vocab.index["<s>"]
+    contexts, rows, targets, context = [], [], [], [chain.states] * chain.order
+    for t in range(1, len(ids)):
+        if ids[t] == start:  # <s> is never scored; the next sequence starts from a fresh context
+            context = [chain.states] * chain.order
+            continue
+        if ids[t - 1] == start:
+            context = [chain.states] * chain.order
+        index = 0
+        for symbol in context:
+            index = index * width + symbol
+        contexts.append(index)
+        rows.append(t - 1)
+        outcome = int(np.argmax(to_chain[ids[t]]))
+        targets.append(outcome)
+        context = [*context[1:], outcome]
+    contexts, q = np.array(contexts), predicted[rows]
+    p = table[contexts]
+    possible = p > 0
+
+    def divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:  # KL(p || q) per row, over p's support
+        return np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(np.maximum(q, 1e-300))), 0.0).sum(axis=-1)
+
+    kl = divergence(p, q)
+    used, inverse = np.unique(contexts, return_inverse=True)
+    mean_q = np.zeros((len(used), width))
+    np.add.at(mean_q, inverse, q)
+    counts = np.bincount(inverse)
+    mean_kl = divergence(table[used], mean_q / counts[:, None]) @ counts / len(contexts)
+    return {"positions": len(contexts), "model_nats": float(-np.log(q[np.arange(len(q)), targets]).mean()),
+            "chain_nats": float(-np.log(p[np.arange(len(p)), targets]).mean()), "kl": float(kl.mean()),
+            "impossible_mass": float(np.where(possible, 0, q).sum(axis=1).mean()), "kl_of_context_mean": float(mean_kl),
+            "kl_from_older_states": float(kl.mean() - mean_kl)}
+
+
+def print_explanation(folder: Path, chain: Chain) -> None:
+    e = explain(folder, chain)
+    print(f"the neural model on {e['positions']:,} valid tokens: {e['model_nats']:.4f} nats/token against the chain's "
+          f"{e['chain_nats']:.4f}; KL from the chain {e['kl']:.4f} nats/token, of which {e['kl_of_context_mean']:.4f} is the "
+          f"prediction averaged per chain context and {e['kl_from_older_states']:.4f} moves with older states; "
+          f"{e['impossible_mass']:.2%} of its mass on successors the chain never takes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: all")
     parser.add_argument("-S", dest="changes", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep each setting's project in DIR/<setting> and explain its gap")
+    parser.add_argument("--explain", type=Path, metavar="PROJECT", help="only explain the gap of a kept project (of --setting)")
     args = parser.parse_args()
+    if args.explain:
+        print_explanation(args.explain, SETTINGS[(args.setting or ["40x2-1M"])[0]][0])
+        return
     changes = {key: yaml.safe_load(value) for key, value in (c.split("=", 1) for c in args.changes)}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "false"}
     for name in args.setting or list(SETTINGS):
         chain, train_tokens = SETTINGS[name]
-        with tempfile.TemporaryDirectory(prefix=f"seqlab-markov-{name}-") as tmp:
+        kept = contextlib.nullcontext(args.keep / name) if args.keep else None
+        with kept or tempfile.TemporaryDirectory(prefix=f"seqlab-markov-{name}-") as tmp:
             folder = Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
             truth = project(folder, chain, train_tokens, changes)
             started = time.perf_counter()
             result = subprocess.run(["dvc", "repro"], cwd=folder, env=env, capture_output=True, text=True)
@@ -95,6 +182,8 @@ def main() -> None:
             print(f"{'the chain':18} {truth['test']:>16.4f} {'':>13}")
             for model, nats, gap in table(folder, truth["test"]):
                 print(f"{model:18} {nats:>16.4f} {gap:>+13.2%}")
+            if args.keep:
+                print_explanation(folder, chain)
 
 
 if __name__ == "__main__":
