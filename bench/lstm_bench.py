@@ -1,6 +1,8 @@
 """Neural LM speed, memory and quality on the pipeline's data (run `dvc repro` first).
 
     python bench/lstm_bench.py speed                 training tokens/s per attention score and output layer, peak memory
+    python bench/lstm_bench.py profile               where a training step's time goes: the default model and the Transformer,
+                                                     operators by their own CPU time over 10 steps
     python bench/lstm_bench.py generate              generation tokens/s at prompt 10 and 500 (models/neural/model.pt)
     python bench/lstm_bench.py quality [--profile default|long] [--variant dot|none|transformer] [-S key=value ...]
                                                      train one model like the train stage and print its perplexities
@@ -45,7 +47,7 @@ def settings(overrides: dict):
     return config, params.train, vocab, splits
 
 
-def _speed_one(overrides: dict, queue) -> None:
+def _speed_one(overrides: dict, queue, profiled: bool = False) -> None:
     from seqlab.determinism import fix_threads
     from seqlab.models import build, count_parameters
     from seqlab.training.loop import adam
@@ -58,19 +60,47 @@ def _speed_one(overrides: dict, queue) -> None:
     B, T = cfg.batch_size, cfg.bptt
     ids = torch.from_numpy(splits["train"].segments.ids[: B * T * 30 + 1].copy())
     x, y = ids[:-1].view(B, -1), ids[1:].view(B, -1)
-    state, tokens, started = model.init_state(B), 0, 0.0
-    for step in range(25):
-        if step == 5:  # warm-up steps are not timed
-            tokens, started = 0, time.perf_counter()
+    state = model.init_state(B)
+
+    def train_step(step: int) -> None:
+        nonlocal state
         features, state, _ = model(x[:, step * T : (step + 1) * T], {k: v.detach() for k, v in state.items()})
         loss = -model.output.target_log_probs(features, y[:, step * T : (step + 1) * T]).mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
-        tokens += B * T
-    seconds = time.perf_counter() - started
-    queue.put((count_parameters(model), tokens / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+    for step in range(5):  # warm-up steps are not timed
+        train_step(step)
+    started = time.perf_counter()
+    for step in range(5, 25):
+        train_step(step)
+    rate = 20 * B * T / (time.perf_counter() - started)
+    table = None
+    if profiled:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            for step in range(25, 30):  # the windows after the timed ones (x holds 30)
+                train_step(step)
+        table = profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48)
+    queue.put((count_parameters(model), rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, table))
+
+
+def _in_process(overrides: dict, profiled: bool = False) -> tuple:
+    """_speed_one in a fresh process, so no case inherits another's allocations or threads."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_speed_one, args=(overrides, queue, profiled))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def profile() -> None:
+    for name, overrides in (("dot, adaptive (default)", {}), ("transformer, adaptive (matched)", {"model.kind": "transformer"})):
+        parameters, rate, _, table = _in_process(overrides, profiled=True)
+        print(f"{name}: {parameters:,} parameters, {rate:,.0f} train tokens/s; 5 steps profiled after the timed ones\n{table}", flush=True)
 
 
 def speed() -> None:
@@ -84,17 +114,12 @@ def speed() -> None:
         ("multihead, adaptive", {"model.attention": "multihead"}),
         ("transformer, adaptive (matched)", {"model.kind": "transformer"}),
     ]
-    context = multiprocessing.get_context("spawn")
     results = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch x bptt from params.yaml")
     print(f"{'model':34} {'parameters':>11} {'train tokens/s':>15} {'peak RSS MB':>12}")
     for name, overrides in cases:
-        queue = context.Queue()
-        process = context.Process(target=_speed_one, args=(overrides, queue))
-        process.start()
-        results[name] = queue.get()
-        process.join()
-        parameters, rate, peak = results[name]
+        results[name] = _in_process(overrides)
+        parameters, rate, peak, _ = results[name]
         print(f"{name:34} {parameters:>11,} {rate:>15,.0f} {peak:>12,.0f}", flush=True)
     rate = {name: r[1] for name, r in results.items()}
     print(f"attention / no attention (adaptive): {rate['dot, adaptive (default)'] / rate['none, adaptive']:.2f}x")
@@ -156,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("speed")
+    sub.add_parser("profile")
     gen = sub.add_parser("generate")
     gen.add_argument("--model", default="models/neural/model.pt")
     gen.add_argument("--tokens", type=int, default=200)
@@ -168,6 +194,8 @@ def main() -> None:
         sys.exit("error: data/vocab not found; run `dvc repro` first")
     if args.what == "speed":
         speed()
+    elif args.what == "profile":
+        profile()
     elif args.what == "generate":
         generation(args.model, args.tokens)
     else:
