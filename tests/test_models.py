@@ -17,8 +17,9 @@ VARIANTS = [
     replace(TINY, rnn="gru"),
     replace(TINY, output="full", tie_weights=True),
     replace(TINY, kind="transformer", ff_dim=32),
+    replace(TINY, weight_drop=0.5),
 ]
-IDS = [f"{c.kind}-{c.rnn}-{c.attention}-{c.output}" for c in VARIANTS]
+IDS = [f"{c.kind}-{c.rnn}-{c.attention}-{c.output}" + ("-weight_drop" if c.weight_drop else "") for c in VARIANTS]
 
 
 def model_of(config):
@@ -98,6 +99,27 @@ def test_output_distributions_sum_to_one_and_agree_with_target_log_probs(output)
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 9), atol=1e-5)
     targets = torch.roll(ids, -1, dims=1)
     assert torch.allclose(model.output.target_log_probs(out, targets), log_probs.gather(2, targets.unsqueeze(-1)).squeeze(-1), atol=1e-5)
+
+
+def test_weight_drop_masks_the_recurrent_weights_in_training_only(tmp_path):
+    from seqlab.models.checkpoint import load_checkpoint, save_checkpoint
+
+    config = replace(TINY, dropout_embed=0.0, dropout_rnn=0.0, dropout_out=0.0, weight_drop=0.5)
+    model, plain = model_of(config), model_of(replace(config, weight_drop=0.0))
+    masked = [name for name in model.state_dict() if "parametrizations" in name]
+    assert masked == ["rnn.parametrizations.weight_hh_l0.original", "rnn.parametrizations.weight_hh_l1.original"]
+    plain.load_state_dict({name.replace("parametrizations.", "").replace(".original", ""): value
+                           for name, value in model.state_dict().items()})
+    ids = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(features(model, ids, 12), features(plain, ids, 12))  # eval: the weights as they are
+    save_checkpoint(tmp_path / "model.pt", model, "vocab")
+    assert torch.equal(features(load_checkpoint(tmp_path / "model.pt", "vocab"), ids, 5), features(plain, ids, 5))
+    model.train(), plain.train()
+    first, second = features(model, ids, 12), features(model, ids, 12)
+    assert not torch.allclose(first, second)  # a fresh mask per window ...
+    assert torch.equal(features(plain, ids, 12), features(plain, ids, 12))  # ... and nothing else random here
+    first.sum().backward()
+    assert model.rnn.parametrizations.weight_hh_l0.original.grad.abs().sum() > 0
 
 
 def test_tied_weights_share_the_embedding():

@@ -179,6 +179,7 @@ class ModelParams(_Section):
     dropout_embed: float = Field(ge=0, lt=1)
     dropout_rnn: float = Field(ge=0, lt=1)
     dropout_out: float = Field(ge=0, lt=1)
+    weight_drop: float = Field(ge=0, lt=1)  # DropConnect on the recurrent weights (lstm_attention)
     tie_weights: bool
     output: Literal["full", "adaptive"]
     cutoffs: list[int]  # adaptive softmax cluster edges, increasing, below the vocabulary size

@@ -25,6 +25,7 @@ class ModelConfig:
     dropout_embed: float
     dropout_rnn: float
     dropout_out: float
+    weight_drop: float  # recurrent weight dropout: DropConnect on the hidden-to-hidden matrices
     tie_weights: bool  # full softmax only: decoder weight = embedding weight
     output: str  # full | adaptive
     cutoffs: tuple[int, ...]  # adaptive softmax cluster edges
@@ -36,4 +37,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
-        return cls(**{**raw, "cutoffs": tuple(raw["cutoffs"])})
+        # checkpoints written before weight_drop existed trained without it
+        return cls(**{"weight_drop": 0.0, **raw, "cutoffs": tuple(raw["cutoffs"])})

@@ -11,12 +11,19 @@ perplexity 534 after one epoch and 552 after two; 131 after one epoch with the l
 The state carried from one window to the next (and from one generated token to the next) is the
 recurrent state plus the attention cache: the keys and values of the last ``memory`` outputs.
 ``attention: none`` is the plain LSTM of the same size.
+
+``weight_drop`` is DropConnect on the recurrent weights (Merity et al., 2018, AWD-LSTM): each
+training window multiplies the hidden-to-hidden matrices by a fresh dropout mask, so the recurrence
+cannot lean on any one path through the state. On a small corpus it is what keeps the model from
+learning patterns of the training sequences that the data does not hold (docs/benchmarks.md, the
+Markov chains).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from seqlab.models.attention import Attention, band_mask
 from seqlab.models.config import ModelConfig
@@ -33,6 +40,9 @@ class LSTMAttentionLM(nn.Module):
         self.drop_embed = nn.Dropout(c.dropout_embed)
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[c.rnn]
         self.rnn = rnn(c.embed_dim, c.hidden_dim, c.layers, batch_first=True, dropout=c.dropout_rnn if c.layers > 1 else 0.0)
+        if c.weight_drop:
+            for layer in range(c.layers):
+                parametrize.register_parametrization(self.rnn, f"weight_hh_l{layer}", nn.Dropout(c.weight_drop))
         self.drop_rnn = nn.Dropout(c.dropout_rnn)
         if c.attention == "none":
             self.attention = None
