@@ -2,7 +2,7 @@
 
     python bench/lstm_bench.py speed                 training tokens/s per attention score and output layer, peak memory
     python bench/lstm_bench.py profile               where a training step's time goes: the default model and the Transformer,
-                                                     operators by their own CPU time over 10 steps
+                                                     operators by their own CPU time over 5 steps
     python bench/lstm_bench.py generate              generation tokens/s at prompt 10 and 500 (models/neural/model.pt)
     python bench/lstm_bench.py quality [--profile default|long] [--variant dot|none|transformer] [-S key=value ...]
                                                      train one model like the train stage and print its perplexities

@@ -74,7 +74,8 @@ class LSTMAttentionLM(nn.Module):
         c = self.config
         x = self.drop_embed(self.embed(ids))
         recurrent = (state["h"], state["c"]) if c.rnn == "lstm" else state["h"]
-        out, recurrent = self.rnn(x, recurrent)  # (B, T, hidden)
+        with parametrize.cached():  # one weight-drop mask per window: nn.LSTM reads each weight 4 times a call
+            out, recurrent = self.rnn(x, recurrent)  # (B, T, hidden)
         out = self.drop_rnn(out)
         new = {"h": recurrent[0], "c": recurrent[1]} if c.rnn == "lstm" else {"h": recurrent}
         weights = None
