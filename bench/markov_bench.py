@@ -104,28 +104,24 @@ def explain(folder: Path, chain: Chain, tokens: int = 60_000) -> dict[str, float
             features, state, _ = model(stream[:, start : start + 128], state)
             pieces.append(model.output.log_probs(features[0]).double().exp().numpy())
     predicted = np.concatenate(pieces) @ to_chain  # (positions, width): the model's next-symbol distribution
-    table, start = chain.table, vocab.index["<s>"]
-    contexts, rows, targets, context = [], [], [], [chain.states] * chain.order
+    symbol, table, start = to_chain.argmax(axis=1), chain.table, vocab.index["<s>"]
+    contexts, rows, targets, context = [], [], [], []
     for t in range(1, len(ids)):
-        if ids[t] == start:  # <s> is never scored; the next sequence starts from a fresh context
-            context = [chain.states] * chain.order
+        if ids[t] == start:  # <s> is never scored
             continue
-        if ids[t - 1] == start:
+        if ids[t - 1] == start:  # a sequence starts from a fresh context
             context = [chain.states] * chain.order
-        index = 0
-        for symbol in context:
-            index = index * width + symbol
-        contexts.append(index)
+        contexts.append(chain.context_index(context))
         rows.append(t - 1)
-        outcome = int(np.argmax(to_chain[ids[t]]))
-        targets.append(outcome)
-        context = [*context[1:], outcome]
+        targets.append(int(symbol[ids[t]]))
+        context = [*context[1:], targets[-1]]
     contexts, q = np.array(contexts), predicted[rows]
     p = table[contexts]
     possible = p > 0
 
     def divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:  # KL(p || q) per row, over p's support
-        return np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(np.maximum(q, 1e-300))), 0.0).sum(axis=-1)
+        ratio = np.log(p, out=np.zeros_like(p), where=p > 0) - np.log(np.maximum(q, 1e-300))
+        return (p * ratio).sum(axis=-1)
 
     kl = divergence(p, q)
     used, inverse = np.unique(contexts, return_inverse=True)

@@ -48,6 +48,13 @@ class Chain:
             table[context, self.states] = end
         return table
 
+    def context_index(self, context: list[int]) -> int:
+        """The row of ``table`` for the ``order`` symbols before a token (``states`` stands for ``<s>``)."""
+        index = 0
+        for symbol in context:
+            index = index * (self.states + 1) + symbol
+        return index
+
     def sample(self, tokens: int, seed: int) -> tuple[list[list[int]], float]:
         """Whole sequences until at least ``tokens`` scored tokens (states and ends); returns the
         sequences and the sum of the chain's log-probabilities (nats) of those scored tokens."""
@@ -57,9 +64,7 @@ class Chain:
         while scored < tokens:
             context, sequence = [self.states] * self.order, []
             while True:
-                index = 0
-                for state in context:
-                    index = index * width + state
+                index = self.context_index(context)
                 outcome = min(int(np.searchsorted(cumulative[index], rng.random(), side="right")), self.states)
                 log_prob += float(np.log(table[index, outcome]))
                 scored += 1
