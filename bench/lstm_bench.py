@@ -1,6 +1,8 @@
 """Neural LM speed, memory and quality on the pipeline's data (run `dvc repro` first).
 
-    python bench/lstm_bench.py speed                 training tokens/s per attention score and output layer, peak memory
+    python bench/lstm_bench.py speed [--pairs 5]     training tokens/s per attention score and output layer, peak memory;
+                                                     then the Transformer against the default model, alternated
+                                                     --pairs more times: the median ratio and its range
     python bench/lstm_bench.py profile               where a training step's time goes: the default model and the Transformer,
                                                      operators by their own CPU time over 5 steps
     python bench/lstm_bench.py generate              generation tokens/s at prompt 10 and 500 (models/neural/model.pt)
@@ -19,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -103,7 +106,7 @@ def profile() -> None:
         print(f"{name}: {parameters:,} parameters, {rate:,.0f} train tokens/s; 5 steps profiled after the timed ones\n{table}", flush=True)
 
 
-def speed() -> None:
+def speed(pairs: int) -> None:
     cases = [
         ("dot, adaptive (default)", {}),
         ("none, adaptive", {"model.attention": "none"}),
@@ -124,6 +127,15 @@ def speed() -> None:
     rate = {name: r[1] for name, r in results.items()}
     print(f"attention / no attention (adaptive): {rate['dot, adaptive (default)'] / rate['none, adaptive']:.2f}x")
     print(f"default profile / full softmax (same model): {rate['dot, adaptive (default)'] / rate['dot, full softmax']:.2f}x")
+    # one pair of runs is not enough: on a shared machine the spread between runs is wider than the
+    # two models' difference, so the ratio is taken over pairs run back to back
+    ratios = [rate["transformer, adaptive (matched)"] / rate["dot, adaptive (default)"]]
+    for _ in range(pairs):
+        default, transformer = _in_process({})[1], _in_process({"model.kind": "transformer"})[1]
+        ratios.append(transformer / default)
+        print(f"pair {len(ratios)}: dot, adaptive {default:,.0f}, transformer {transformer:,.0f} tokens/s ({ratios[-1]:.2f}x)", flush=True)
+    print(f"transformer / dot, adaptive over {len(ratios)} pairs: median {statistics.median(ratios):.2f}x "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 def generation(checkpoint: str, tokens: int) -> None:
@@ -180,7 +192,7 @@ def quality(profile: str, variant: str, extra: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("speed")
+    sub.add_parser("speed").add_argument("--pairs", type=int, default=5, help="alternated runs of the Transformer and the default model")
     sub.add_parser("profile")
     gen = sub.add_parser("generate")
     gen.add_argument("--model", default="models/neural/model.pt")
@@ -193,7 +205,7 @@ def main() -> None:
     if not (ROOT / "data" / "vocab" / "vocab.tsv").exists():
         sys.exit("error: data/vocab not found; run `dvc repro` first")
     if args.what == "speed":
-        speed()
+        speed(args.pairs)
     elif args.what == "profile":
         profile()
     elif args.what == "generate":
