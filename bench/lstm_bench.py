@@ -129,9 +129,10 @@ def speed(pairs: int) -> None:
     print(f"default profile / full softmax (same model): {rate['dot, adaptive (default)'] / rate['dot, full softmax']:.2f}x")
     # one pair of runs is not enough: on a shared machine the spread between runs is wider than the
     # two models' difference, so the ratio is taken over pairs run back to back
-    ratios = [rate["transformer, adaptive (matched)"] / rate["dot, adaptive (default)"]]
+    default_case, transformer_case = "dot, adaptive (default)", "transformer, adaptive (matched)"
+    ratios = [rate[transformer_case] / rate[default_case]]
     for _ in range(pairs):
-        default, transformer = _in_process({})[1], _in_process({"model.kind": "transformer"})[1]
+        default, transformer = (_in_process(dict(cases)[name])[1] for name in (default_case, transformer_case))
         ratios.append(transformer / default)
         print(f"pair {len(ratios)}: dot, adaptive {default:,.0f}, transformer {transformer:,.0f} tokens/s ({ratios[-1]:.2f}x)", flush=True)
     print(f"transformer / dot, adaptive over {len(ratios)} pairs: median {statistics.median(ratios):.2f}x "
