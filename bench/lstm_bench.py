@@ -1,10 +1,12 @@
 """Neural LM speed, memory and quality on the pipeline's data (run `dvc repro` first).
 
-    python bench/lstm_bench.py speed [--pairs 5]     training tokens/s per attention score and output layer, peak memory;
-                                                     then the Transformer against the default model, alternated
-                                                     --pairs more times: the median ratio and its range
+    python bench/lstm_bench.py speed [--rounds 10]   training tokens/s per attention score and output layer, peak memory
+                                                     (each in its own process); then the Transformer against the default
+                                                     model, their processes stepped in turn: the median ratio over the rounds
     python bench/lstm_bench.py profile               where a training step's time goes: the default model and the Transformer,
                                                      operators by their own CPU time over 5 steps
+    python bench/lstm_bench.py attention [--rounds 5]  the Transformer's attention (forward and backward of one layer at the
+                                                     speed cases' sizes): the fused kernel against the scores written out
     python bench/lstm_bench.py generate              generation tokens/s at prompt 10 and 500 (models/neural/model.pt)
     python bench/lstm_bench.py quality [--profile default|long] [--variant dot|none|transformer] [-S key=value ...]
                                                      train one model like the train stage and print its perplexities
@@ -50,43 +52,97 @@ def settings(overrides: dict):
     return config, params.train, vocab, splits
 
 
-def _speed_one(overrides: dict, queue, profiled: bool = False) -> None:
-    from seqlab.determinism import fix_threads
-    from seqlab.models import build, count_parameters
+def _trainer(overrides: dict, windows: int = 30):
+    """(model, train_step, tokens per step): the model of ``overrides`` trained as the trainer trains
+    it (its Adam, clipping, state carried across windows), step ``i`` on window ``i % windows`` of train."""
+    from seqlab.models import build
     from seqlab.training.loop import adam
 
-    fix_threads()  # as the trainer runs: fixed threads, denormals flushed
     torch.manual_seed(0)
     config, cfg, _, splits = settings(overrides)
     model = build(config)
     optimizer = adam(model, cfg.lr)  # the trainer's optimiser
     B, T = cfg.batch_size, cfg.bptt
-    ids = torch.from_numpy(splits["train"].segments.ids[: B * T * 30 + 1].copy())
+    ids = torch.from_numpy(splits["train"].segments.ids[: B * T * windows + 1].copy())
     x, y = ids[:-1].view(B, -1), ids[1:].view(B, -1)
     state = model.init_state(B)
 
     def train_step(step: int) -> None:
         nonlocal state
-        features, state, _ = model(x[:, step * T : (step + 1) * T], {k: v.detach() for k, v in state.items()})
-        loss = -model.output.target_log_probs(features, y[:, step * T : (step + 1) * T]).mean()
+        window = slice(step % windows * T, (step % windows + 1) * T)
+        features, state, _ = model(x[:, window], {k: v.detach() for k, v in state.items()})
+        loss = -model.output.target_log_probs(features, y[:, window]).mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
 
+    return model, train_step, B * T
+
+
+def _speed_one(overrides: dict, queue, profiled: bool = False) -> None:
+    from seqlab.determinism import fix_threads
+    from seqlab.models import count_parameters
+
+    fix_threads()  # as the trainer runs: fixed threads, denormals flushed
+    model, train_step, tokens = _trainer(overrides)
     for step in range(5):  # warm-up steps are not timed
         train_step(step)
     started = time.perf_counter()
     for step in range(5, 25):
         train_step(step)
-    rate = 20 * B * T / (time.perf_counter() - started)
+    rate = 20 * tokens / (time.perf_counter() - started)
     table = None
     if profiled:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            for step in range(25, 30):  # the windows after the timed ones (x holds 30)
+            for step in range(25, 30):  # the windows after the timed ones
                 train_step(step)
         table = profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48)
     queue.put((count_parameters(model), rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, table))
+
+
+def _stepped(overrides: dict, connection) -> None:
+    """One case in its own process, a training step each time ``connection`` asks, its time sent back."""
+    from seqlab.determinism import fix_threads
+
+    fix_threads()
+    _, train_step, tokens = _trainer(overrides)
+    for step in range(5):  # warm-up steps are not timed
+        train_step(step)
+    connection.send(tokens)
+    step = 5
+    while connection.recv():
+        started = time.perf_counter()
+        train_step(step)
+        connection.send(time.perf_counter() - started)
+        step += 1
+
+
+def alternated(cases: dict[str, dict], rounds: int, steps: int = 20) -> dict[str, list[float]]:
+    """Each case's training tokens/s per round: every case in a process of its own (as it trains),
+    the processes stepped in turn, a step of each ``steps`` times a round, so that the shared machine's
+    speed, which moves a rate by a fifth within seconds, changes under every case alike."""
+    context = multiprocessing.get_context("spawn")
+    connections, processes = {}, []
+    for name, overrides in cases.items():
+        connections[name], theirs = context.Pipe()
+        processes.append(context.Process(target=_stepped, args=(overrides, theirs)))
+        processes[-1].start()
+    tokens = {name: connection.recv() for name, connection in connections.items()}
+    rates = {name: [] for name in cases}
+    for _ in range(rounds):
+        spent = dict.fromkeys(cases, 0.0)
+        for _ in range(steps):
+            for name, connection in connections.items():
+                connection.send(True)
+                spent[name] += connection.recv()
+        for name in cases:
+            rates[name].append(steps * tokens[name] / spent[name])
+    for connection in connections.values():
+        connection.send(False)
+    for process in processes:
+        process.join()
+    return rates
 
 
 def _in_process(overrides: dict, profiled: bool = False) -> tuple:
@@ -106,7 +162,7 @@ def profile() -> None:
         print(f"{name}: {parameters:,} parameters, {rate:,.0f} train tokens/s; 5 steps profiled after the timed ones\n{table}", flush=True)
 
 
-def speed(pairs: int) -> None:
+def speed(rounds: int) -> None:
     cases = [
         ("dot, adaptive (default)", {}),
         ("none, adaptive", {"model.attention": "none"}),
@@ -127,16 +183,47 @@ def speed(pairs: int) -> None:
     rate = {name: r[1] for name, r in results.items()}
     print(f"attention / no attention (adaptive): {rate['dot, adaptive (default)'] / rate['none, adaptive']:.2f}x")
     print(f"default profile / full softmax (same model): {rate['dot, adaptive (default)'] / rate['dot, full softmax']:.2f}x")
-    # one pair of runs is not enough: on a shared machine the spread between runs is wider than the
-    # two models' difference, so the ratio is taken over pairs run back to back
+    # one run of each is not a ratio on a shared machine: its speed drifts by more than the two models
+    # differ, so the ratio is taken with the two processes stepped in turn, round by round
     default_case, transformer_case = "dot, adaptive (default)", "transformer, adaptive (matched)"
-    ratios = [rate[transformer_case] / rate[default_case]]
-    for _ in range(pairs):
-        default, transformer = (_in_process(dict(cases)[name])[1] for name in (default_case, transformer_case))
-        ratios.append(transformer / default)
-        print(f"pair {len(ratios)}: dot, adaptive {default:,.0f}, transformer {transformer:,.0f} tokens/s ({ratios[-1]:.2f}x)", flush=True)
-    print(f"transformer / dot, adaptive over {len(ratios)} pairs: median {statistics.median(ratios):.2f}x "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f}x)")
+    rates = alternated({name: dict(cases)[name] for name in (default_case, transformer_case)}, rounds)
+    ratios = [t / d for d, t in zip(rates[default_case], rates[transformer_case])]
+    for i, (default, transformer) in enumerate(zip(rates[default_case], rates[transformer_case]), 1):
+        print(f"round {i}, stepped in turn: dot, adaptive {default:,.0f}, transformer {transformer:,.0f} tokens/s ({ratios[i - 1]:.3f}x)")
+    print(f"transformer / dot, adaptive over {rounds} rounds: median {statistics.median(ratios):.3f}x "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f}x)")
+
+
+def attention(rounds: int, steps: int = 40) -> None:
+    """One Transformer layer's attention, forward and backward, both ways ``attend`` can compute it,
+    alternated ``rounds`` times in this process (``steps`` timed calls each after 5 untimed)."""
+    from seqlab.determinism import fix_threads
+    from seqlab.models import build
+    from seqlab.models.transformer import attend
+
+    fix_threads()
+    torch.manual_seed(0)
+    config, cfg, _, _ = settings({"model.kind": "transformer"})
+    B, T, S, heads = cfg.batch_size, cfg.bptt, config.memory + cfg.bptt, config.heads
+    bias = build(config).bias(T, S, "cpu")
+    q, k, v = (torch.randn(B, heads, n, config.embed_dim // heads, requires_grad=True) for n in (T, S, S))
+    grad = torch.randn(B, heads, T, config.embed_dim // heads)
+
+    def timed(fused: bool) -> float:
+        for step in range(5 + steps):
+            if step == 5:
+                started = time.perf_counter()
+            attend(q, k, v, bias, fused)[0].backward(grad)
+        return (time.perf_counter() - started) / steps * 1000
+
+    print(f"batch {B}, {heads} heads, {T} queries, {S} keys, head width {config.embed_dim // heads}; "
+          f"{torch.get_num_threads()} threads; ms per forward and backward")
+    ratios = []
+    for round_ in range(1, rounds + 1):
+        fused, written = timed(True), timed(False)
+        ratios.append(fused / written)
+        print(f"round {round_}: fused {fused:.2f}, written out {written:.2f} ({ratios[-1]:.2f}x)", flush=True)
+    print(f"fused / written out: median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 def generation(checkpoint: str, tokens: int) -> None:
@@ -193,8 +280,9 @@ def quality(profile: str, variant: str, extra: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("speed").add_argument("--pairs", type=int, default=5, help="alternated runs of the Transformer and the default model")
+    sub.add_parser("speed").add_argument("--rounds", type=int, default=10, help="rounds of the Transformer and the default model stepped in turn")
     sub.add_parser("profile")
+    sub.add_parser("attention").add_argument("--rounds", type=int, default=5)
     gen = sub.add_parser("generate")
     gen.add_argument("--model", default="models/neural/model.pt")
     gen.add_argument("--tokens", type=int, default=200)
@@ -206,9 +294,11 @@ def main() -> None:
     if not (ROOT / "data" / "vocab" / "vocab.tsv").exists():
         sys.exit("error: data/vocab not found; run `dvc repro` first")
     if args.what == "speed":
-        speed(args.pairs)
+        speed(args.rounds)
     elif args.what == "profile":
         profile()
+    elif args.what == "attention":
+        attention(args.rounds)
     elif args.what == "generate":
         generation(args.model, args.tokens)
     else:

@@ -89,6 +89,25 @@ def test_the_transformer_caches_each_layers_last_memory_keys_and_values():
     assert all(v.shape[2] == TINY.memory for v in after.values())
 
 
+
+def test_the_transformers_two_ways_of_attending_agree():
+    """The fused kernel (what CUDA takes) and the scores written out (CPU): the same context and
+    gradients, the band's -inf outside included."""
+    from seqlab.models.transformer import attend
+
+    model = model_of(replace(TINY, kind="transformer", ff_dim=32))
+    bias = model.bias(5, 5 + TINY.memory, "cpu")
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, TINY.heads, n, 4, generator=generator) for n in (5, 5 + TINY.memory, 5 + TINY.memory))
+    results = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        context, weights = attend(*leaves, bias, fused)
+        context.pow(2).sum().backward()
+        results.append([context, *(t.grad for t in leaves)])
+        assert (weights is None) == fused
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*results))
+
 @pytest.mark.parametrize("output", ["full", "adaptive"])
 def test_output_distributions_sum_to_one_and_agree_with_target_log_probs(output):
     model = model_of(replace(TINY, output=output))

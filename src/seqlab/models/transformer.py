@@ -8,8 +8,8 @@ before it, in every layer. Like the LSTM's attention cache, the state carried fr
 next is each layer's keys and values of the last ``memory`` positions (detached in training), so a
 window computes only its own tokens and generation costs the same per token however long the prompt.
 Positions are relative: each head adds ``-slope * distance`` to its scores (ALiBi, Press et al.,
-2022), which needs no position table and reads a stream of any length. Attention is PyTorch's fused
-``scaled_dot_product_attention``.
+2022), which needs no position table and reads a stream of any length. On CUDA attention is PyTorch's
+fused ``scaled_dot_product_attention``; on CPU the scores are written out, which is faster there.
 """
 
 from __future__ import annotations
@@ -29,6 +29,22 @@ from seqlab.models.output import Output
 def alibi_slopes(heads: int) -> Tensor:
     """The geometric slopes 2^(-8/heads), 2^(-16/heads), ... of ALiBi, one per head."""
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, fused: bool) -> tuple[Tensor, Tensor | None]:
+    """q (B, heads, T, d), k and v (B, heads, S, d), additive bias (heads, T, S) -> the context
+    (B, heads, T, d) and the weights (B, heads, T, S), None when ``fused``.
+
+    ``fused``: PyTorch's ``scaled_dot_product_attention``, which never writes the scores out (what
+    CUDA takes; the mask of the full (B, heads, T, S) shape is a view). Otherwise the scores are
+    written out and the weights applied by two batched products, with the softmax in float32 even
+    under bf16 autocast: on CPU that is faster at a window's sizes, because the fused kernel's
+    backward computes the scores again (``python bench/lstm_bench.py attention``).
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype).expand(q.shape[0], -1, -1, -1)), None
+    weights = torch.softmax(((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).float() + bias.float(), dim=-1)
+    return weights.to(v.dtype) @ v, weights
 
 
 class Block(nn.Module):
@@ -55,15 +71,8 @@ class Block(nn.Module):
         qkv, hidden = self.into(self.norm(x)).split([3 * D, self.ff_dim], dim=-1)
         q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, T, d)
         k, v = torch.cat([keys, k.to(keys.dtype)], dim=2), torch.cat([values, v.to(values.dtype)], dim=2)
-        bias, qk, qv = bias.to(q.dtype), k.to(q.dtype), v.to(q.dtype)
-        weights = None
-        if need_weights:  # the fused kernel does not return its weights: the same scores, written out
-            scores = (q @ qk.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias.float()
-            attention = torch.softmax(scores, dim=-1)
-            context, weights = attention.to(qv.dtype) @ qv, attention.mean(dim=1)
-        else:
-            # a mask of the full (B, heads, T, S) shape (a view) lets the CPU take the fused kernel too
-            context = F.scaled_dot_product_attention(q, qk, qv, attn_mask=bias.expand(B, -1, -1, -1))
+        context, attention = attend(q, k.to(q.dtype), v.to(q.dtype), bias, fused=q.is_cuda and not need_weights)
+        weights = attention.mean(dim=1) if need_weights else None
         out = self.attention_out(context.transpose(1, 2).reshape(B, T, D)) + self.ff_out(F.gelu(hidden))
         return x + self.drop(out), k[:, :, -self.memory :], v[:, :, -self.memory :], weights
 
