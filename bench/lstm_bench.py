@@ -2,7 +2,8 @@
 
     python bench/lstm_bench.py speed [--rounds 10]   training tokens/s per attention score and output layer, peak memory
                                                      (each in its own process); then the Transformer against the default
-                                                     model, their processes stepped in turn: the median ratio over the rounds
+                                                     model, and the default against the full softmax, each pair's processes
+                                                     stepped in turn: the median ratio over the rounds
     python bench/lstm_bench.py profile               where a training step's time goes: the default model and the Transformer,
                                                      operators by their own CPU time over 5 steps
     python bench/lstm_bench.py attention [--rounds 5]  the Transformer's attention (forward and backward of one layer at the
@@ -181,17 +182,16 @@ def speed(rounds: int) -> None:
         parameters, rate, peak, _ = results[name]
         print(f"{name:34} {parameters:>11,} {rate:>15,.0f} {peak:>12,.0f}", flush=True)
     rate = {name: r[1] for name, r in results.items()}
-    print(f"attention / no attention (adaptive): {rate['dot, adaptive (default)'] / rate['none, adaptive']:.2f}x")
-    print(f"default profile / full softmax (same model): {rate['dot, adaptive (default)'] / rate['dot, full softmax']:.2f}x")
-    # one run of each is not a ratio on a shared machine: its speed drifts by more than the two models
-    # differ, so the ratio is taken with the two processes stepped in turn, round by round
-    default_case, transformer_case = "dot, adaptive (default)", "transformer, adaptive (matched)"
-    rates = alternated({name: dict(cases)[name] for name in (default_case, transformer_case)}, rounds)
-    ratios = [t / d for d, t in zip(rates[default_case], rates[transformer_case])]
-    for i, (default, transformer) in enumerate(zip(rates[default_case], rates[transformer_case]), 1):
-        print(f"round {i}, stepped in turn: dot, adaptive {default:,.0f}, transformer {transformer:,.0f} tokens/s ({ratios[i - 1]:.3f}x)")
-    print(f"transformer / dot, adaptive over {rounds} rounds: median {statistics.median(ratios):.3f}x "
-          f"(range {min(ratios):.3f}-{max(ratios):.3f}x)")
+    print(f"attention / no attention (adaptive), one run each: {rate['dot, adaptive (default)'] / rate['none, adaptive']:.2f}x")
+    # one run of each is not a ratio on a shared machine: its speed drifts by more than the models
+    # differ, so the targets' ratios are taken with the two processes stepped in turn, round by round
+    for top, bottom in (("transformer, adaptive (matched)", "dot, adaptive (default)"), ("dot, adaptive (default)", "dot, full softmax")):
+        rates = alternated({name: dict(cases)[name] for name in (top, bottom)}, rounds)
+        ratios = [t / b for t, b in zip(rates[top], rates[bottom])]
+        for i, (t, b) in enumerate(zip(rates[top], rates[bottom]), 1):
+            print(f"round {i}, stepped in turn: {top} {t:,.0f}, {bottom} {b:,.0f} tokens/s ({ratios[i - 1]:.3f}x)", flush=True)
+        print(f"{top} / {bottom} over {rounds} rounds: median {statistics.median(ratios):.3f}x "
+              f"(range {min(ratios):.3f}-{max(ratios):.3f}x)")
 
 
 def attention(rounds: int, steps: int = 40) -> None:
@@ -280,7 +280,7 @@ def quality(profile: str, variant: str, extra: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("speed").add_argument("--rounds", type=int, default=10, help="rounds of the Transformer and the default model stepped in turn")
+    sub.add_parser("speed").add_argument("--rounds", type=int, default=10, help="rounds of each compared pair stepped in turn")
     sub.add_parser("profile")
     sub.add_parser("attention").add_argument("--rounds", type=int, default=5)
     gen = sub.add_parser("generate")
