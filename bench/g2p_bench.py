@@ -2,6 +2,8 @@
 SeqLab's split, beside the encoder-decoders of the pipeline, and their decoding speed.
 
     python bench/g2p_bench.py speed                 greedy and beam-5 words/s of models/seq2seq/*/ on the test words
+    python bench/g2p_bench.py train [--set K=V ...]  training tokens/s of params.yaml's encoder-decoder in float32
+                                                    and under bf16 autocast on the CPU (seq2seq_train.amp: cpu)
     python bench/g2p_bench.py sequitur [--order 5]  Sequitur trained on data/seq2seq/train.tsv (ramp-up to --order,
                                                     valid.tsv as its held-out set), scored on the test words
 
@@ -149,10 +151,75 @@ def speed() -> None:
             print(f"{folder.parent.name:>12} beam {beam}: {len(words) / seconds:,.0f} words/s", flush=True)
 
 
+def train_speed(changes: list[str], rounds: int, steps: int) -> None:
+    """The params.yaml encoder-decoder (with ``changes``, ``section.key=value``) trained on the train pairs
+    in float32 and under CPU bf16 autocast, one model each, stepped in turn in blocks of ``steps``
+    (this machine's speed drifts within seconds, so each block of one has a block of the other beside
+    it); median target tokens/s of each and of their ratio."""
+    import statistics
+
+    import torch
+    import yaml
+
+    from seqlab.config import load_params
+    from seqlab.determinism import fix_threads
+    from seqlab.models import Seq2SeqConfig, build_seq2seq
+    from seqlab.models.neural_lm import native_bf16
+    from seqlab.training.seq2seq import batches, teacher_forced_loss
+    from seqlab.transduce import encode_pairs
+    from seqlab.vocab import PAIR_SPECIALS, load_vocab
+
+    fix_threads()
+    overrides = {key: yaml.safe_load(value) for key, value in (change.split("=", 1) for change in changes)}
+    params = load_params(ROOT / "params.yaml", overrides)
+    cfg = params.seq2seq_train
+    source_vocab, target_vocab = (load_vocab(DATA / f"{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
+    train = encode_pairs(read_pairs(DATA / "train.tsv"), source_vocab, target_vocab)
+    order = torch.randperm(len(train) // cfg.batch_size, generator=torch.Generator().manual_seed(0)).tolist()
+    data = batches(train, cfg.batch_size)
+    config = Seq2SeqConfig(len(source_vocab), len(target_vocab), **params.seq2seq.model_dump())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {native_bf16()}; "
+          f"{config.rnn}, attention {config.attention}, batch {cfg.batch_size}; {rounds} rounds of {steps} steps each")
+    runs = {}
+    for name, bf16 in (("float32", False), ("bf16", True)):
+        torch.manual_seed(cfg.seed)
+        model = build_seq2seq(config).train()
+        runs[name] = (model, torch.optim.Adam(model.parameters(), cfg.lr), bf16, [])
+    position = 0
+
+    def block(model, optimizer, bf16, count) -> float:
+        tokens, started = 0, time.perf_counter()
+        for i in range(count):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, n = teacher_forced_loss(model, data[order[(position + i) % len(order)]], cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tokens += n
+        return tokens / (time.perf_counter() - started)
+
+    for model, optimizer, bf16, _ in runs.values():
+        block(model, optimizer, bf16, 5)  # warm-up
+    for _ in range(rounds):
+        for model, optimizer, bf16, speeds in runs.values():
+            speeds.append(block(model, optimizer, bf16, steps))
+        position += steps
+    for name, (_, _, _, speeds) in runs.items():
+        print(f"{name:>8}: {statistics.median(speeds):9,.0f} target tokens/s (median; {min(speeds):,.0f} to {max(speeds):,.0f})")
+    ratios = [b / f for f, b in zip(runs["float32"][3], runs["bf16"][3])]
+    print(f"bf16 / float32: {statistics.median(ratios):.3f}x (median of {rounds} side-by-side blocks; "
+          f"{min(ratios):.3f} to {max(ratios):.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("speed")
+    trainer = commands.add_parser("train")
+    trainer.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                         help="a params.yaml change, e.g. seq2seq.attention=dot (repeatable)")
+    trainer.add_argument("--rounds", type=int, default=10)
+    trainer.add_argument("--steps", type=int, default=20)
     peer = commands.add_parser("sequitur")
     peer.add_argument("--order", type=int, default=5)
     peer.add_argument("--limit", type=int, default=None, help="train on the first N train words")
@@ -161,7 +228,12 @@ def main() -> None:
     peer.add_argument("--models", type=Path, default=None,
                       help="keep the models here; a model-N already here is scored, not trained again")
     args = parser.parse_args()
-    speed() if args.command == "speed" else sequitur(args.order, args.limit, args.python, args.models)
+    if args.command == "speed":
+        speed()
+    elif args.command == "train":
+        train_speed(args.changes, args.rounds, args.steps)
+    else:
+        sequitur(args.order, args.limit, args.python, args.models)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def test_ngram_grid_checks(tmp_path):
     ("train", {"device": "tpu"}, "params.yaml: train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"),
     ("train", {"lr_factor": 1.5}, "params.yaml: train.lr_factor: Input should be less than 1 (got 1.5)"),
     ("train", {"tokens": 0}, "params.yaml: train.tokens: Input should be greater than or equal to 1 (got 0)"),
+    ("seq2seq_train", {"amp": "gpu"}, "params.yaml: seq2seq_train.amp: Input should be False, True or 'cpu' (got 'gpu')"),
 ])
 def test_model_and_train_checks(tmp_path, section, change, expected):
     path = write_params(tmp_path, lambda p: p[section].update(change))

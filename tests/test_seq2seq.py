@@ -15,7 +15,7 @@ from seqlab.models import build_seq2seq
 from seqlab.models.decoding import beam_search, greedy
 from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
 from seqlab.pairs import load_cmudict, load_pair_files, parse_cmudict, read_pairs, split_of, strip_stress, write_pairs as save_pairs
-from seqlab.training.seq2seq import Seq2SeqTask, batches, make_batch, mean_nll
+from seqlab.training.seq2seq import Seq2SeqTask, batches, make_batch, mean_nll, teacher_forced_loss
 from seqlab.vocab import PAIR_SPECIALS, build_vocab
 
 DICTIONARY = """\
@@ -158,6 +158,25 @@ def test_teacher_forcing_and_step_by_step_decoding_agree(changes):
         if weights is not None:  # no weight on the source's padding
             assert float(weights[2, 1:].detach().abs().sum()) == 0.0
             assert torch.allclose(weights.sum(-1), torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("changes", KINDS, ids=lambda c: "-".join(map(str, c.values())))
+def test_every_encoder_decoder_trains_under_cpu_bf16_autocast(changes):
+    """seq2seq_train.amp: cpu's path, on any CPU: a dtype mistake in it fails here."""
+    torch.manual_seed(0)
+    model = build_seq2seq(config(**changes))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(20):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            log_probs, _ = model(*(toy_batch()[k] for k in ("source", "lengths", "inputs")))
+            loss, _ = teacher_forced_loss(model, toy_batch(), smoothing=0.1, teacher_forcing=0.5)
+        assert log_probs.dtype == torch.float32 and math.isfinite(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 2  # it learns
 
 
 @pytest.mark.parametrize("changes", KINDS[:2] + KINDS[-2:], ids=lambda c: "-".join(map(str, c.values())))

@@ -22,7 +22,7 @@ from seqlab.training.lm import LanguageModelTask
 from seqlab.errors import SeqLabError
 from seqlab.models import build
 from seqlab.models.checkpoint import load_checkpoint, save_checkpoint
-from seqlab.models.neural_lm import stream_log_probs
+from seqlab.models.neural_lm import autocast, stream_log_probs, uses_bf16
 
 def test_training_learns_the_language(tmp_path):
     _, result = run(tmp_path)
@@ -94,6 +94,18 @@ def test_training_scoring_and_generation_run_under_bf16_autocast(tmp_path, chang
                               need_weights=attention)
     assert len(generation.tokens) == 3 + 6 and all(t in vocab.index for t in generation.tokens)
     assert bool(generation.attention) == attention
+
+
+@pytest.mark.parametrize("amp, device, native, enabled", [
+    (False, "cpu", True, False), (True, "cpu", True, False), ("cpu", "cpu", True, True), ("cpu", "cpu", False, False),
+    (True, "cuda", False, True), ("cpu", "cuda", False, True), (False, "cuda", True, False)])
+def test_amp_is_bf16_on_cuda_and_with_cpu_on_a_cpu_with_native_bf16_only(monkeypatch, amp, device, native, enabled):
+    monkeypatch.setattr("seqlab.models.neural_lm.native_bf16", lambda: native)
+    assert uses_bf16(torch.device(device), amp) is enabled
+    if device == "cpu":
+        with autocast(torch.device(device), amp):
+            assert torch.is_autocast_enabled("cpu") is enabled
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if enabled else torch.float32)
 
 
 CHILD = """

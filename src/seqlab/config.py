@@ -212,7 +212,7 @@ class LoopParams(_Section):
     lr_patience: int = Field(ge=0)  # ... after this many rounds without improvement
     seed: int
     device: Literal["auto", "cpu", "cuda"]
-    amp: bool  # bf16 autocast on CUDA
+    amp: Literal[False, True, "cpu"]  # bf16 autocast: true on CUDA; cpu on CUDA and on CPUs with native bf16 too
     eval_batch_size: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)  # steps between resume checkpoints
 

@@ -24,9 +24,22 @@ from seqlab.errors import SeqLabError
 from seqlab.scoring import Segments
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated, and
+    slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def uses_bf16(device: torch.device, amp: bool | str) -> bool:
+    """``amp`` true: bf16 on CUDA; ``"cpu"``: on CUDA and on a CPU with native bf16 too; false: never."""
+    if device.type == "cpu":
+        return amp == "cpu" and native_bf16()
+    return bool(amp) and device.type == "cuda"
+
+
+def autocast(device: torch.device, amp: bool | str):
+    """bf16 autocast where ``uses_bf16``; a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, amp))
 
 
 @torch.no_grad()
