@@ -164,7 +164,7 @@ def train_speed(changes: list[str], rounds: int, steps: int) -> None:
     from seqlab.config import load_params
     from seqlab.determinism import fix_threads
     from seqlab.models import Seq2SeqConfig, build_seq2seq
-    from seqlab.models.neural_lm import native_bf16
+    from seqlab.models.neural_lm import autocast, native_bf16
     from seqlab.training.seq2seq import batches, teacher_forced_loss
     from seqlab.transduce import encode_pairs
     from seqlab.vocab import PAIR_SPECIALS, load_vocab
@@ -175,8 +175,8 @@ def train_speed(changes: list[str], rounds: int, steps: int) -> None:
     cfg = params.seq2seq_train
     source_vocab, target_vocab = (load_vocab(DATA / f"{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
     train = encode_pairs(read_pairs(DATA / "train.tsv"), source_vocab, target_vocab)
-    order = torch.randperm(len(train) // cfg.batch_size, generator=torch.Generator().manual_seed(0)).tolist()
     data = batches(train, cfg.batch_size)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist()
     config = Seq2SeqConfig(len(source_vocab), len(target_vocab), **params.seq2seq.model_dump())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {native_bf16()}; "
           f"{config.rnn}, attention {config.attention}, batch {cfg.batch_size}; {rounds} rounds of {steps} steps each")
@@ -190,7 +190,7 @@ def train_speed(changes: list[str], rounds: int, steps: int) -> None:
     def block(model, optimizer, bf16, count) -> float:
         tokens, started = 0, time.perf_counter()
         for i in range(count):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with autocast(torch.device("cpu"), "cpu" if bf16 else False):
                 loss, n = teacher_forced_loss(model, data[order[(position + i) % len(order)]], cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -12,6 +12,8 @@ needs is bounded by the window and the model's ``memory``, not by the length of 
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Sequence
 
@@ -24,6 +26,7 @@ from seqlab.errors import SeqLabError
 from seqlab.scoring import Segments
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated, and
     slower than float32."""
