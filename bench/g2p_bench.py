@@ -4,6 +4,8 @@ SeqLab's split, beside the encoder-decoders of the pipeline, and their decoding 
     python bench/g2p_bench.py speed                 greedy and beam-5 words/s of models/seq2seq/*/ on the test words
     python bench/g2p_bench.py train [--set K=V ...]  training tokens/s of params.yaml's encoder-decoder in float32
                                                     and under bf16 autocast on the CPU (seq2seq_train.amp: cpu)
+    python bench/g2p_bench.py side-by-side          the same model trained alone on every core against two copies
+                                                    at once, half the cores each (the seq2seq stage's side_by_side)
     python bench/g2p_bench.py sequitur [--order 5]  Sequitur trained on data/seq2seq/train.tsv (ramp-up to --order,
                                                     valid.tsv as its held-out set), scored on the test words
 
@@ -151,63 +153,121 @@ def speed() -> None:
             print(f"{folder.parent.name:>12} beam {beam}: {len(words) / seconds:,.0f} words/s", flush=True)
 
 
-def train_speed(changes: list[str], rounds: int, steps: int) -> None:
-    """The params.yaml encoder-decoder (with ``changes``, ``section.key=value``) trained on the train pairs
-    in float32 and under CPU bf16 autocast, one model each, stepped in turn in blocks of ``steps``
-    (this machine's speed drifts within seconds, so each block of one has a block of the other beside
-    it); median target tokens/s of each and of their ratio."""
-    import statistics
-
+def _trainer(changes: list[str]):
+    """The params.yaml encoder-decoder (with ``changes``, ``section.key=value``) and its train batches
+    in a seeded order: (params, config, batches, order)."""
     import torch
     import yaml
 
     from seqlab.config import load_params
-    from seqlab.determinism import fix_threads
-    from seqlab.models import Seq2SeqConfig, build_seq2seq
-    from seqlab.models.neural_lm import autocast, native_bf16
-    from seqlab.training.seq2seq import batches, teacher_forced_loss
+    from seqlab.models import Seq2SeqConfig
+    from seqlab.training.seq2seq import batches
     from seqlab.transduce import encode_pairs
     from seqlab.vocab import PAIR_SPECIALS, load_vocab
 
-    fix_threads()
     overrides = {key: yaml.safe_load(value) for key, value in (change.split("=", 1) for change in changes)}
     params = load_params(ROOT / "params.yaml", overrides)
-    cfg = params.seq2seq_train
     source_vocab, target_vocab = (load_vocab(DATA / f"{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
-    train = encode_pairs(read_pairs(DATA / "train.tsv"), source_vocab, target_vocab)
-    data = batches(train, cfg.batch_size)
+    data = batches(encode_pairs(read_pairs(DATA / "train.tsv"), source_vocab, target_vocab), params.seq2seq_train.batch_size)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist()
-    config = Seq2SeqConfig(len(source_vocab), len(target_vocab), **params.seq2seq.model_dump())
+    return params, Seq2SeqConfig(len(source_vocab), len(target_vocab), **params.seq2seq.model_dump()), data, order
+
+
+def _steps(model, optimizer, data, order, start: int, count: int, amp, smoothing: float) -> float:
+    """``count`` training steps from ``order[start]``; target tokens/s."""
+    import torch
+
+    from seqlab.models.neural_lm import autocast
+    from seqlab.training.seq2seq import teacher_forced_loss
+
+    tokens, started = 0, time.perf_counter()
+    for i in range(count):
+        with autocast(torch.device("cpu"), amp):
+            loss, n = teacher_forced_loss(model, data[order[(start + i) % len(order)]], smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        tokens += n
+    return tokens / (time.perf_counter() - started)
+
+
+def train_speed(changes: list[str], rounds: int, steps: int) -> None:
+    """The params.yaml encoder-decoder (with ``changes``) trained on the train pairs in float32 and
+    under CPU bf16 autocast, one model each, stepped in turn in blocks of ``steps`` (this machine's
+    speed drifts within seconds, so each block of one has a block of the other beside it); median
+    target tokens/s of each and of their ratio."""
+    import statistics
+
+    import torch
+
+    from seqlab.determinism import fix_threads
+    from seqlab.models import build_seq2seq
+    from seqlab.models.neural_lm import native_bf16
+
+    fix_threads()
+    params, config, data, order = _trainer(changes)
+    cfg = params.seq2seq_train
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {native_bf16()}; "
           f"{config.rnn}, attention {config.attention}, batch {cfg.batch_size}; {rounds} rounds of {steps} steps each")
     runs = {}
-    for name, bf16 in (("float32", False), ("bf16", True)):
+    for name, amp in (("float32", False), ("bf16", "cpu")):
         torch.manual_seed(cfg.seed)
         model = build_seq2seq(config).train()
-        runs[name] = (model, torch.optim.Adam(model.parameters(), cfg.lr), bf16, [])
-    position = 0
-
-    def block(model, optimizer, bf16, count) -> float:
-        tokens, started = 0, time.perf_counter()
-        for i in range(count):
-            with autocast(torch.device("cpu"), "cpu" if bf16 else False):
-                loss, n = teacher_forced_loss(model, data[order[(position + i) % len(order)]], cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            tokens += n
-        return tokens / (time.perf_counter() - started)
-
-    for model, optimizer, bf16, _ in runs.values():
-        block(model, optimizer, bf16, 5)  # warm-up
-    for _ in range(rounds):
-        for model, optimizer, bf16, speeds in runs.values():
-            speeds.append(block(model, optimizer, bf16, steps))
-        position += steps
+        runs[name] = (model, torch.optim.Adam(model.parameters(), cfg.lr), amp, [])
+    for model, optimizer, amp, _ in runs.values():
+        _steps(model, optimizer, data, order, 0, 5, amp, cfg.label_smoothing)  # warm-up
+    for position in range(0, rounds * steps, steps):
+        for model, optimizer, amp, speeds in runs.values():
+            speeds.append(_steps(model, optimizer, data, order, position, steps, amp, cfg.label_smoothing))
     for name, (_, _, _, speeds) in runs.items():
         print(f"{name:>8}: {statistics.median(speeds):9,.0f} target tokens/s (median; {min(speeds):,.0f} to {max(speeds):,.0f})")
     ratios = [b / f for f, b in zip(runs["float32"][3], runs["bf16"][3])]
     print(f"bf16 / float32: {statistics.median(ratios):.3f}x (median of {rounds} side-by-side blocks; "
+          f"{min(ratios):.3f} to {max(ratios):.3f})")
+
+
+def _timed_job(changes: list[str], threads: int, steps: int, start_at: float) -> float:
+    """One model of the params.yaml configuration on ``threads`` threads: ``steps`` steps from the
+    wall-clock time ``start_at`` (so jobs started apart step together); target tokens/s."""
+    import torch
+
+    from seqlab.determinism import fix_threads
+    from seqlab.models import build_seq2seq
+
+    fix_threads(threads)
+    params, config, data, order = _trainer(changes)
+    cfg = params.seq2seq_train
+    torch.manual_seed(cfg.seed)
+    model = build_seq2seq(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), cfg.lr)
+    _steps(model, optimizer, data, order, 0, 5, cfg.amp, cfg.label_smoothing)  # warm-up
+    time.sleep(max(0.0, start_at - time.time()))
+    return _steps(model, optimizer, data, order, 5, steps, cfg.amp, cfg.label_smoothing)
+
+
+def side_by_side_speed(changes: list[str], rounds: int, steps: int) -> None:
+    """What the seq2seq stage's side-by-side training buys: the params.yaml model (its amp setting)
+    trained alone on every core, against two copies trained at once in processes of their own with
+    half the cores each (``seqlab.processes``, as the stage runs them), in turn ``rounds`` times;
+    the pair's summed tokens/s over the one's, median of the rounds."""
+    import statistics
+
+    from seqlab.determinism import fix_threads
+    from seqlab.processes import plan, side_by_side
+
+    cores = fix_threads()
+    processes, threads = plan(2, "auto", cores)
+    print(f"{cores} cores; alone: 1 model on {cores} threads; side by side: 2 models, {processes} processes of {threads} thread(s); "
+          f"{steps} steps each, {rounds} rounds")
+    alone, pairs = [], []
+    for _ in range(rounds):
+        alone += side_by_side(_timed_job, [(changes, cores, steps, 0.0)], 1)
+        start_at = time.time() + 30  # both processes loaded and warmed up by then
+        pairs.append(side_by_side(_timed_job, [(changes, threads, steps, start_at)] * 2, processes))
+        print(f"  alone {alone[-1]:,.0f} target tokens/s; side by side {pairs[-1][0]:,.0f} + {pairs[-1][1]:,.0f} = "
+              f"{sum(pairs[-1]):,.0f}", flush=True)
+    ratios = [sum(pair) / one for one, pair in zip(alone, pairs)]
+    print(f"side by side / alone: {statistics.median(ratios):.3f}x the tokens/s (median of {rounds}; "
           f"{min(ratios):.3f} to {max(ratios):.3f})")
 
 
@@ -220,6 +280,10 @@ def main() -> None:
                          help="a params.yaml change, e.g. seq2seq.attention=dot (repeatable)")
     trainer.add_argument("--rounds", type=int, default=10)
     trainer.add_argument("--steps", type=int, default=20)
+    pair = commands.add_parser("side-by-side")
+    pair.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE")
+    pair.add_argument("--rounds", type=int, default=3)
+    pair.add_argument("--steps", type=int, default=300)
     peer = commands.add_parser("sequitur")
     peer.add_argument("--order", type=int, default=5)
     peer.add_argument("--limit", type=int, default=None, help="train on the first N train words")
@@ -232,6 +296,8 @@ def main() -> None:
         speed()
     elif args.command == "train":
         train_speed(args.changes, args.rounds, args.steps)
+    elif args.command == "side-by-side":
+        side_by_side_speed(args.changes, args.rounds, args.steps)
     else:
         sequitur(args.order, args.limit, args.python, args.models)
 

@@ -1,20 +1,25 @@
 """seq2seq: the encoder-decoder of params.yaml (seq2seq, seq2seq_train, with the search's best
-configuration from models/seq2seq_tune/best_config.json put in) trained on data/seq2seq ->
-models/seq2seq/attention/ (model.pt, source_vocab/, target_vocab/, scores.json, test_hypotheses.tsv), metrics/seq2seq/attention.json,
-attention_history.csv, plots/seq2seq/attention.png.
+configuration from models/seq2seq_tune/best_config.json put in) and each entry of seq2seq_baselines
+(the same with the entry's changes), trained on data/seq2seq -> for each model NAME (attention, or
+the baseline's name): models/seq2seq/NAME/ (model.pt, source_vocab/, target_vocab/, scores.json,
+test_hypotheses.tsv), metrics/seq2seq/models/NAME.json, metrics/seq2seq/history/NAME.csv,
+plots/seq2seq/curves/NAME.png.
 
-`seq2seq.py --baseline NAME` trains that entry of seq2seq_baselines instead (the same settings with its
-changes to the tuned configuration) -> models/seq2seq/NAME/ and the same files under NAME.
+The models train side by side (seq2seq_train.side_by_side), each in a process of its own with an
+equal share of the cores: on 2 cores two models at one thread each get nearly twice the tokens per
+second of one after the other at two. `seq2seq.py --only NAME` trains that one alone.
 
 The valid and test pairs are scored teacher-forced (cross-entropy per target token, </s> included);
 then every distinct test source is decoded once (beam search, seq2seq_train.beam) and scored against
 all its references: token (phoneme) and sequence (word) error rates, by the closest reference.
-An interrupted run resumes from checkpoints/seq2seq/NAME on the next `dvc repro`.
+An interrupted run resumes each model from checkpoints/seq2seq/NAME on the next `dvc repro`.
 """
 
 import argparse
+import os
 import shutil
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -23,11 +28,13 @@ from seqlab import paths, stage
 from seqlab.config import seq2seq_with
 from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
-from seqlab.io import atomic_path, dvc_md5, write_json
+from seqlab.io import atomic_path, dvc_md5, remove, write_json
 from seqlab.models.checkpoint import SEQ2SEQ_FORMAT, load_checkpoint
 from seqlab.models import Seq2SeqConfig, build_seq2seq, count_parameters
 from seqlab.pairs import read_pairs
+from seqlab.processes import plan, report, side_by_side
 from seqlab.registry import registered_name, seq2seq_version_tags
+from seqlab.tracking import pipeline_key
 from seqlab.training import fingerprint, fit
 from seqlab.training.curve import plot_learning_curve
 from seqlab.training.seq2seq import Seq2SeqTask
@@ -35,18 +42,42 @@ from seqlab.tune.best import tuned
 from seqlab.transduce import encode_pairs, evaluate, vocabularies_sha256
 from seqlab.vocab import PAIR_SPECIALS, load_vocab
 
+OUTPUT_FOLDERS = (paths.SEQ2SEQ, paths.SEQ2SEQ_METRICS, paths.SEQ2SEQ_HISTORY, paths.SEQ2SEQ_CURVES)
+
 
 @exit_on_error
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--baseline", help="an entry of params.yaml's seq2seq_baselines")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", metavar="NAME", help="train this model alone: attention, or an entry of params.yaml's seq2seq_baselines")
     args = parser.parse_args()
+    params, _ = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
+    names = [args.only] if args.only else ["attention", *params.seq2seq_baselines]
+    for name in names:
+        seq2seq_with(params, None if name == "attention" else name)  # a bad entry is refused before any training
+    processes, threads = plan(len(names), params.seq2seq_train.side_by_side, fix_threads())
+    os.environ["SEQLAB_PIPELINE_KEY"] = pipeline_key()  # every model's run under this pipeline's one parent run
+    with stage.kept(OUTPUT_FOLDERS):
+        if processes > 1:
+            print(f"seq2seq: {', '.join(names)} side by side, {processes} at a time, {threads} thread{'s' * (threads > 1)} each")
+        side_by_side(train_model, [(name, threads, processes == 1) for name in names], processes, "seq2seq")
+        if not args.only:  # the folders hold the configured models only: none of a baseline taken out of params.yaml
+            keep = {Path(getattr(paths.seq2seq_outputs(name), kind)).name for name in names for kind in ("folder", "metrics", "history", "curve")}
+            for folder in OUTPUT_FOLDERS:
+                for found in Path(folder).glob("*"):
+                    if found.name not in keep:
+                        remove(found)
+
+
+def train_model(name: str, threads: int, bars: bool) -> None:
+    """Train, score, decode and register the model ``name`` on ``threads`` intra-op threads; progress
+    bars for its rounds and decoding when ``bars`` (else its rounds move the bar of ``side_by_side``)."""
+    threads = fix_threads(threads)
     params, changes = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
-    arch, cfg = seq2seq_with(params, args.baseline), params.seq2seq_train
-    name = args.baseline or "attention"
-    folder, checkpoints = f"{paths.SEQ2SEQ}/{name}", f"checkpoints/seq2seq/{name}"
-    metrics_file, history_file, curve = f"metrics/seq2seq/{name}.json", f"metrics/seq2seq/{name}_history.csv", f"plots/seq2seq/{name}.png"
-    threads = fix_threads()
+    baseline = None if name == "attention" else name
+    arch, cfg = seq2seq_with(params, baseline), params.seq2seq_train
+    out = paths.seq2seq_outputs(name)
+    folder, checkpoints = out.folder, out.checkpoints
+    metrics_file, history_file, curve = out.metrics, out.history, out.curve
     source_vocab, target_vocab = (load_vocab(f"{paths.PAIRS}/{side}_vocab", PAIR_SPECIALS) for side in ("source", "target"))
     vocab_sha256 = vocabularies_sha256(source_vocab, target_vocab)
     with stage.tracked(f"seq2seq {name}", params, "seq2seq", "seq2seq_train", outs=(folder, metrics_file, history_file, curve)) as run:
@@ -56,7 +87,7 @@ def main() -> None:
         model = build_seq2seq(config)
         parameters = count_parameters(model)
         run.log_params({"model": f"seq2seq-{name}", "parameters": parameters, "torch_threads": threads,
-                        **({"baseline": args.baseline} if args.baseline else {})})
+                        **({"baseline": baseline} if baseline else {})})
         described = ", ".join(f"{k}={v}" for k, v in changes.items())
         if changes:
             run.set_tag("seqlab.tuned", described)
@@ -68,16 +99,18 @@ def main() -> None:
         log_round = lambda r: run.log_metrics(  # noqa: E731
             {"train_loss": r.train_loss, "valid_loss": r.valid_loss, "round_valid_ppl": r.valid_ppl, "lr": r.lr,
              "tokens_per_s": r.tokens_per_s, "tokens_seen": r.tokens}, step=r.round)
+        report(name, 0, cfg.tokens)
         started = time.perf_counter()
         result = fit(model, task, cfg, checkpoints,
-                     fingerprint(config.as_dict(), cfg.model_dump(), vocab_sha256, dvc_md5(paths.PAIRS)), log_round)
+                     fingerprint(config.as_dict(), cfg.model_dump(), vocab_sha256, dvc_md5(paths.PAIRS)),
+                     lambda r: (log_round(r), report(name, r.tokens, cfg.tokens)), label=name, bars=bars)
         seconds = time.perf_counter() - started
         best = load_checkpoint(f"{checkpoints}/best.pt", vocab_sha256, format=SEQ2SEQ_FORMAT)
         stressed = params.pairs.source == "cmudict" and params.pairs.stress == "keep"
         max_length = params.pairs.max_length
         started = time.perf_counter()
         scores = {split: evaluate(best, pairs, source_vocab, target_vocab, max_length, cfg.beam, cfg.length_penalty,
-                                  cfg.eval_batch_size, stressed, progress=True)
+                                  cfg.eval_batch_size, stressed, progress=bars)
                   for split, pairs in (("valid", valid), ("test", test))}
         decode_seconds = time.perf_counter() - started
         reading = {"source_chars": params.pairs.source == "cmudict" or params.pairs.source_chars,

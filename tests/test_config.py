@@ -118,6 +118,8 @@ def test_ngram_grid_checks(tmp_path):
     ("train", {"lr_factor": 1.5}, "params.yaml: train.lr_factor: Input should be less than 1 (got 1.5)"),
     ("train", {"tokens": 0}, "params.yaml: train.tokens: Input should be greater than or equal to 1 (got 0)"),
     ("seq2seq_train", {"amp": "gpu"}, "params.yaml: seq2seq_train.amp: Input should be False, True or 'cpu' (got 'gpu')"),
+    ("seq2seq_train", {"side_by_side": 0}, "params.yaml: seq2seq_train.side_by_side: a number of models at once (1 or more), or auto (got 0)"),
+    ("seq2seq_train", {"side_by_side": "all"}, "params.yaml: seq2seq_train.side_by_side: a number of models at once (1 or more), or auto (got 'all')"),
 ])
 def test_model_and_train_checks(tmp_path, section, change, expected):
     path = write_params(tmp_path, lambda p: p[section].update(change))

@@ -332,6 +332,14 @@ class Seq2SeqTrainParams(LoopParams):
     label_smoothing: float = Field(ge=0, lt=1)
     beam: int = Field(ge=1)  # decoding: 1 is greedy
     length_penalty: float = Field(ge=0)  # GNMT's alpha; 0 ranks by summed log-probability
+    side_by_side: int | Literal["auto"]  # models the seq2seq stage trains at once, each on cores / N threads; auto: up to one per core
+
+    @field_validator("side_by_side", mode="before")
+    @classmethod
+    def _models_at_once(cls, value: object) -> object:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError("a number of models at once (1 or more), or auto")
+        return value
 
 
 class Seq2SeqTuneParams(TuneParams):

@@ -24,6 +24,9 @@ LEADERBOARD = "metrics/leaderboard.csv"
 PAIRS = "data/seq2seq"  # the sequence-to-sequence task: <split>.tsv (source<TAB>target), source_vocab/, target_vocab/
 SEQ2SEQ_TUNE_BEST = "models/seq2seq_tune/best_config.json"  # the encoder-decoder search's best configuration
 SEQ2SEQ = "models/seq2seq"  # <name>/: model.pt, scores.json, test_hypotheses.tsv (name: attention or a baseline)
+SEQ2SEQ_METRICS = "metrics/seq2seq/models"  # <name>.json: each encoder-decoder's figures
+SEQ2SEQ_HISTORY = "metrics/seq2seq/history"  # <name>.csv: its valid loss by round
+SEQ2SEQ_CURVES = "plots/seq2seq/curves"  # <name>.png: its learning curve
 DEFAULT_MODEL = f"{NEURAL}/model.pt"  # what `seqlab predict` and `generate` read without --model
 
 
@@ -33,7 +36,7 @@ def ngram_folder(estimator: str, order: int) -> str:
 
 @dataclass(frozen=True)
 class NeuralOutputs:
-    """Where a neural model's stage writes: the tuned model's (``train``) or a baseline's."""
+    """Where a neural model's stage writes: the tuned language model's (``train``), a baseline's, or an encoder-decoder's."""
 
     folder: str  # model.pt, scores.json
     checkpoints: str  # resume checkpoints while training
@@ -47,6 +50,12 @@ def neural_outputs(baseline: str | None = None) -> NeuralOutputs:
         return NeuralOutputs(NEURAL, "checkpoints/train", "metrics/train.json", "metrics/train_history.csv", "plots/learning_curve.png")
     return NeuralOutputs(f"{BASELINES}/{baseline}", f"checkpoints/baselines/{baseline}", f"metrics/baselines/{baseline}.json",
                          f"metrics/baselines/{baseline}_history.csv", f"plots/baselines/{baseline}.png")
+
+
+def seq2seq_outputs(name: str) -> NeuralOutputs:
+    """Where the seq2seq stage writes the encoder-decoder ``name`` (attention, or a baseline)."""
+    return NeuralOutputs(f"{SEQ2SEQ}/{name}", f"checkpoints/seq2seq/{name}", f"{SEQ2SEQ_METRICS}/{name}.json",
+                         f"{SEQ2SEQ_HISTORY}/{name}.csv", f"{SEQ2SEQ_CURVES}/{name}.png")
 
 
 def neural_folders(baselines: Iterable[str]) -> dict[str, str]:

@@ -62,27 +62,31 @@ def publish(run: StageRun, summary: Summary, folder: str, files: Mapping[str, st
 
 @contextlib.contextmanager
 def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()) -> Iterator[StageRun]:
-    """The stage's child run, logging the params ``sections`` it reads.
-
-    If the block fails, those of the stage's ``outs`` that it wrote are removed and the ones the last
-    good run wrote are put back: a failed stage (bad input, a tracking server gone, an error after
-    the first file) leaves the outputs as they were, none of its new ones. Outputs are written by
-    renaming into place, so a written one is a new file (inode) or folder, and the earlier one is
-    kept meanwhile as hard links (no data copied) under ``.seqlab/kept/``.
-    """
+    """The stage's child run, logging the params ``sections`` it reads; ``outs`` as ``kept`` keeps them:
+    a failed stage (bad input, a tracking server gone, an error after the first file) leaves the
+    outputs as they were, none of its new ones."""
     everything = params.model_dump(by_alias=True, mode="json")
     mine = {section: everything[section] for section in sections}
+    with kept(outs), stage_run(stage, params.tracking.experiment, mine, everything) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def kept(outs: Sequence[str]) -> Iterator[None]:
+    """If the block fails, those of ``outs`` that it wrote are removed and the ones from before it are
+    put back. Outputs are written by renaming into place, so a written one is a new file (inode) or
+    folder, and the earlier one is kept meanwhile as hard links (no data copied) under ``.seqlab/kept/``.
+    """
     before = {out: _identity(out) for out in outs}
-    kept = None
+    folder = None
     if any(before.values()):
         KEPT.mkdir(parents=True, exist_ok=True)
-        kept = Path(tempfile.mkdtemp(prefix="stage-", dir=KEPT)).resolve()
-    earlier = {out: kept / str(number) / Path(out).name for number, out in enumerate(o for o in outs if before[o] is not None)}
+        folder = Path(tempfile.mkdtemp(prefix="stage-", dir=KEPT)).resolve()
+    earlier = {out: folder / str(number) / Path(out).name for number, out in enumerate(o for o in outs if before[o] is not None)}
     try:
         for out, copy in earlier.items():
             _link_copy(Path(out), copy)
-        with stage_run(stage, params.tracking.experiment, mine, everything) as run:
-            yield run
+        yield
     except BaseException:
         for out in outs:
             if _identity(out) != before[out]:
@@ -92,8 +96,8 @@ def tracked(stage: str, params: Params, *sections: str, outs: Sequence[str] = ()
                         os.replace(earlier[out], out)
         raise
     finally:
-        if kept is not None:
-            shutil.rmtree(kept, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 KEPT = Path(".seqlab") / "kept"  # in the stage's workspace: the last good outputs while it runs (git- and DVC-ignored)

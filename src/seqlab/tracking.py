@@ -422,7 +422,8 @@ def stage_run(stage: str, experiment: str, params: Mapping, all_params: Mapping)
             experiment_id = _experiment_id(client, experiment, artifacts)
         commit = git_commit()
         tags = {"mlflow.source.git.commit": commit} if commit else {}
-        parent = _parent_run(client, experiment_id, all_params, tags)
+        with exclusive("parent", uri):  # models trained side by side each find the one parent, or one makes it
+            parent = _parent_run(client, experiment_id, all_params, tags)
         tags |= {"seqlab.stage": stage, "seqlab.run_kind": "stage"}
         run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags)
     status = "FAILED"

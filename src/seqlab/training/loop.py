@@ -197,9 +197,12 @@ def fit(
     run_fingerprint: str,
     on_round: Callable[[Round], None] = lambda record: None,
     progress: bool = True,
+    label: str = "",
+    bars: bool = True,
 ) -> Result:
     """Train ``model`` (built on CPU and seeded by the caller) on ``task``; its best weights end in
-    ``workdir/best.pt``."""
+    ``workdir/best.pt``. ``progress``: a line after each round (which ``label``, when given,
+    starts: the model's name, where several train at once), and a bar during it unless ``bars`` is false."""
     from tqdm.auto import tqdm
 
     device = pick_device(cfg.device)
@@ -207,6 +210,7 @@ def fit(
         torch.backends.cudnn.benchmark = True
     rank, workers = group()
     progress = progress and rank == 0
+    prefix = f"{label} " if label else ""
     model.to(device)
     per_pass = task.prepare(cfg, device)
     batch = _Batch(model, task)
@@ -294,7 +298,7 @@ def fit(
         index = plan.round_of(step)
         end = plan.end_of(index)
         bar = tqdm(total=end - index * plan.per_round, initial=step - index * plan.per_round, unit="step",
-                   desc=f"round {index + 1}/{plan.rounds}", disable=not progress, leave=False, dynamic_ncols=True)
+                   desc=f"{prefix}round {index + 1}/{plan.rounds}", disable=not (progress and bars), leave=False, dynamic_ncols=True)
         started, round_tokens, (loss_sum, loss_count) = time.perf_counter(), 0, running
         while step < end:
             if step % per_pass == 0 or state is None:  # a pass over the data starts: nothing to carry
@@ -349,7 +353,7 @@ def fit(
             bad_rounds += 1
             stopped_early = bad_rounds >= cfg.patience
         if progress:
-            print(f"round {record.round}/{plan.rounds} ({record.tokens:,} tokens): train loss {record.train_loss:.4f}, "
+            print(f"{prefix}round {record.round}/{plan.rounds} ({record.tokens:,} tokens): train loss {record.train_loss:.4f}, "
                   f"valid ppl {record.valid_ppl:.2f}, {record.tokens_per_s:,.0f} tokens/s, lr {record.lr:.3g}"
                   + ("; stopping early" if stopped_early else ""))
         running = (0.0, 0)
