@@ -6,8 +6,8 @@ test_hypotheses.tsv), metrics/seq2seq/models/NAME.json, metrics/seq2seq/history/
 plots/seq2seq/curves/NAME.png.
 
 The models train side by side (seq2seq_train.side_by_side), each in a process of its own with an
-equal share of the cores: on 2 cores two models at one thread each get nearly twice the tokens per
-second of one after the other at two. `seq2seq.py --only NAME` trains that one alone.
+equal share of the cores: on 2 cores two models at one thread each get about 1.5 times the tokens
+per second of one model on both. `seq2seq.py --only NAME` trains that one alone.
 
 The valid and test pairs are scored teacher-forced (cross-entropy per target token, </s> included);
 then every distinct test source is decoded once (beam search, seq2seq_train.beam) and scored against

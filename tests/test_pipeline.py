@@ -341,9 +341,19 @@ def test_a_refused_param_or_input_leaves_every_earlier_output_in_place(project, 
     assert outputs(project) == before
 
     (project / "params.yaml").write_text(good)
+    corpus = (project / "data" / "corpus" / "valid.txt").read_bytes()
     (project / "data" / "corpus" / "valid.txt").write_bytes(b"the cat \xff sat\n")  # refused once prepare reads it
     refused = dvc(project, "repro", check=False)
     assert refused.returncode != 0 and "not UTF-8 text" in refused.stderr
+    assert outputs(project) == before
+
+    (project / "data" / "corpus" / "valid.txt").write_bytes(corpus)
+    params["train"].pop("epochs")
+    params["seq2seq_baselines"]["broken"] = {"attention": "bahdanau"}  # the seq2seq stage refuses it before training any model
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = dvc(project, "repro", check=False)
+    assert refused.returncode != 0
+    assert "error: params.yaml: seq2seq_baselines.broken: attention: Input should be" in refused.stderr and "(got 'bahdanau')" in refused.stderr
     assert outputs(project) == before
 
 

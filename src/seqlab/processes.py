@@ -1,9 +1,9 @@
 """Jobs side by side, each in a process of its own with a share of the cores.
 
 The encoder-decoders of the seq2seq stage are small: a step is many small matrix products, so a
-second thread adds little (one thread runs at about 80 % of two on 2 cores), while two models
-trained at once, one thread each, get nearly twice the tokens per second of the pair. ``plan``
-splits the cores; ``side_by_side`` runs the jobs.
+second thread adds little, while two models trained at once on 2 cores, one thread each, get about
+1.5 times the tokens per second of one model on both (``bench/g2p_bench.py side-by-side``).
+``plan`` splits the cores; ``side_by_side`` runs the jobs.
 
 A job's thread count is part of its result (a float sum split among more threads rounds
 differently), so it depends only on the cores and the number of jobs, never on the load.
