@@ -52,8 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     params, _ = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
     names = [args.only] if args.only else ["attention", *params.seq2seq_baselines]
-    for name in names:
-        seq2seq_with(params, None if name == "attention" else name)  # a bad entry is refused before any training
+    if args.only not in (None, "attention"):
+        seq2seq_with(params, args.only)  # a name params.yaml does not have is refused before any training
     processes, threads = plan(len(names), params.seq2seq_train.side_by_side, fix_threads())
     os.environ["SEQLAB_PIPELINE_KEY"] = pipeline_key()  # every model's run under this pipeline's one parent run
     with stage.kept(OUTPUT_FOLDERS):

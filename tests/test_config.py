@@ -144,6 +144,9 @@ def test_dotted_overrides_go_in_before_validation():
      "baselines.lstm.tokenize.kind: unknown key (changes apply to model and train)"),
     (lambda p: p["baselines"].update(lstm={"model": "none"}), "baselines.lstm.model: expected a mapping of keys to values"),
     (lambda p: p["baselines"].update(lstm={"train": {"lr": -1.0}}), "baselines.lstm: lr: Input should be greater than 0 (got -1.0)"),
+    (lambda p: p["seq2seq_baselines"].update(broken={"attention": "bahdanau"}),
+     "seq2seq_baselines.broken: attention: Input should be 'none', 'dot', 'general', 'additive' or 'multihead' (got 'bahdanau')"),
+    (lambda p: p["seq2seq_baselines"].update(broken={"atention": "none"}), "seq2seq_baselines.broken.seq2seq.atention: unknown key"),
     (lambda p: p["hybrid"].update(ngram="kenlm"), "hybrid.ngram: 'kenlm' is not among ngram.estimators"),
     (lambda p: p["register"].update(on_new_test_set="always"), "register.on_new_test_set: Input should be 'challenger' or 'promote'"),
 ])

@@ -349,7 +349,7 @@ def test_a_refused_param_or_input_leaves_every_earlier_output_in_place(project, 
 
     (project / "data" / "corpus" / "valid.txt").write_bytes(corpus)
     params["train"].pop("epochs")
-    params["seq2seq_baselines"]["broken"] = {"attention": "bahdanau"}  # the seq2seq stage refuses it before training any model
+    params["seq2seq_baselines"]["broken"] = {"attention": "bahdanau"}  # refused as params.yaml is read, before any model trains
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     refused = dvc(project, "repro", check=False)
     assert refused.returncode != 0

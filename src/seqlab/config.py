@@ -472,7 +472,7 @@ def seq2seq_with(params: Params, baseline: str | None) -> Seq2SeqParams:
     if baseline not in params.seq2seq_baselines:
         raise SeqLabError(f"params.yaml: seq2seq_baselines.{baseline}: no such baseline "
                           f"(have: {', '.join(params.seq2seq_baselines) or 'none'})")
-    source = f"params.yaml: seq2seq_baselines.{baseline}"
+    source = f"seq2seq_baselines.{baseline}"  # checked when params.yaml is read, whose error names the file
     changes = params.seq2seq_baselines[baseline]
     if not isinstance(changes, Mapping):
         raise SeqLabError(f"{source}: expected a mapping of seq2seq keys to values")
