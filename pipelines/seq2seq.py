@@ -19,13 +19,14 @@ import argparse
 import os
 import shutil
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from seqlab import paths, stage
-from seqlab.config import seq2seq_with
+from seqlab.config import Params, seq2seq_with
 from seqlab.determinism import fix_threads
 from seqlab.errors import exit_on_error
 from seqlab.io import atomic_path, dvc_md5, remove, write_json
@@ -50,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", metavar="NAME", help="train this model alone: attention, or an entry of params.yaml's seq2seq_baselines")
     args = parser.parse_args()
-    params, _ = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
+    params, changes = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
     names = [args.only] if args.only else ["attention", *params.seq2seq_baselines]
     if args.only not in (None, "attention"):
         seq2seq_with(params, args.only)  # a name params.yaml does not have is refused before any training
@@ -59,20 +60,20 @@ def main() -> None:
     with stage.kept(OUTPUT_FOLDERS):
         if processes > 1:
             print(f"seq2seq: {', '.join(names)} side by side, {processes} at a time, {threads} thread{'s' * (threads > 1)} each")
-        side_by_side(train_model, [(name, threads, processes == 1) for name in names], processes, "seq2seq")
+        side_by_side(train_model, [(name, params, changes, threads, processes == 1) for name in names], processes, "seq2seq")
         if not args.only:  # the folders hold the configured models only: none of a baseline taken out of params.yaml
-            keep = {Path(getattr(paths.seq2seq_outputs(name), kind)).name for name in names for kind in ("folder", "metrics", "history", "curve")}
+            keep = {Path(out).name for name in names for out in astuple(paths.seq2seq_outputs(name))}
             for folder in OUTPUT_FOLDERS:
                 for found in Path(folder).glob("*"):
                     if found.name not in keep:
                         remove(found)
 
 
-def train_model(name: str, threads: int, bars: bool) -> None:
-    """Train, score, decode and register the model ``name`` on ``threads`` intra-op threads; progress
-    bars for its rounds and decoding when ``bars`` (else its rounds move the bar of ``side_by_side``)."""
+def train_model(name: str, params: Params, changes: dict, threads: int, bars: bool) -> None:
+    """Train, score, decode and register the model ``name`` of ``params`` (the search's ``changes`` put
+    in, read once by the stage) on ``threads`` intra-op threads; progress bars for its rounds and
+    decoding when ``bars`` (else its rounds move the bar of ``side_by_side``)."""
     threads = fix_threads(threads)
-    params, changes = tuned(stage.params(), paths.SEQ2SEQ_TUNE_BEST, "seq2seq")
     baseline = None if name == "attention" else name
     arch, cfg = seq2seq_with(params, baseline), params.seq2seq_train
     out = paths.seq2seq_outputs(name)

@@ -29,9 +29,6 @@ def test_plan_shares_the_cores_out_evenly(jobs, wanted, cores, expected):
 
 
 def whoami(name: str) -> tuple[str, int, int]:
-    import torch
-
-    torch.set_num_threads(1)
     return name, os.getpid(), os.getppid()
 
 
