@@ -101,6 +101,13 @@ def test_the_seed_space_file_is_the_gpu_profile():
     assert integer == {"lr": False, "num_layers": True, "hidden_dim": True, "embedding_dim": True, "batch_size": True}
 
 
+def test_the_no_search_file_leaves_either_task_to_params_yaml():
+    """configs/no_search.json: what `dvc exp run -S <section>.space_file=` uses to skip a search."""
+    for section, task in (("tune", "lm"), ("seq2seq_tune", "seq2seq")):
+        tune = getattr(PARAMS, section).model_copy(update={"space_file": str(REPO / "configs" / "no_search.json")})
+        assert load_space_with(tune, searchable_keys(task)).dimensions == []
+
+
 def test_any_model_or_train_key_can_be_searched():
     dims = {d.key: d for d in parse_space({"dropout": {"min": 0.1, "max": 0.5}, "attention": {"values": ["dot", "general"]},
                                             "bptt": {"values": [32, 64]}, "memory": {"min": 16, "max": 64, "log": True}})}
