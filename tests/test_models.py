@@ -90,13 +90,33 @@ def test_the_transformer_caches_each_layers_last_memory_keys_and_values():
 
 
 
+def test_the_transformers_position_scores_are_learnt_from_alibi_and_old_checkpoints_keep_alibi():
+    from seqlab.models.transformer import alibi_bias
+
+    config = replace(TINY, kind="transformer", ff_dim=32)
+    model = model_of(config)
+    assert torch.equal(model.position_bias.detach(), alibi_bias(TINY.heads, TINY.memory))
+    assert alibi_bias(4, 2).tolist() == [[0, -0.25, -0.5], [0, -0.0625, -0.125], [0, -2 ** -6, -2 ** -5], [0, -2 ** -8, -2 ** -7]]
+    bias = model.bias(3, 3 + TINY.memory, "cpu")  # query i sits at key 5 + i: distance 5 + i - key
+    assert bias[1, 2, 7] == 0 and bias[1, 2, 6] == model.position_bias[1, 1] and bias[1, 2, 2] == model.position_bias[1, 5]
+    assert torch.isinf(bias[:, 2, :2]).all() and torch.isinf(bias[:, 0, 6:]).all()  # beyond memory; the future
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(3))
+    features(model, ids, 9).pow(2).sum().backward()
+    assert model.position_bias.grad.abs().sum() > 0  # learnt
+    with torch.no_grad():
+        model.position_bias.add_(1.0)
+    weights = {k: v for k, v in model_of(config).state_dict().items() if k != "position_bias"}  # saved before it existed
+    model.load_state_dict(weights)
+    assert torch.equal(model.position_bias.detach(), alibi_bias(TINY.heads, TINY.memory))
+
+
 def test_the_transformers_two_ways_of_attending_agree():
     """The fused kernel (what CUDA takes) and the scores written out (CPU): the same context and
     gradients, the band's -inf outside included."""
     from seqlab.models.transformer import attend
 
     model = model_of(replace(TINY, kind="transformer", ff_dim=32))
-    bias = model.bias(5, 5 + TINY.memory, "cpu")
+    bias = model.bias(5, 5 + TINY.memory, "cpu").detach()
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, TINY.heads, n, 4, generator=generator) for n in (5, 5 + TINY.memory, 5 + TINY.memory))
     results = []

@@ -7,8 +7,10 @@ It sees what the LSTM's attention sees: each position attends to itself and the 
 before it, in every layer. Like the LSTM's attention cache, the state carried from one window to the
 next is each layer's keys and values of the last ``memory`` positions (detached in training), so a
 window computes only its own tokens and generation costs the same per token however long the prompt.
-Positions are relative: each head adds ``-slope * distance`` to its scores (ALiBi, Press et al.,
-2022), which needs no position table and reads a stream of any length. On CUDA attention is PyTorch's
+Positions are relative: each head adds a learnt score for the distance (0 to ``memory``) to its
+attention scores, started as ALiBi's ``-slope * distance`` (Press et al., 2022); the distances a band
+holds are all there is to learn, so it reads a stream of any length. ALiBi's fixed slopes alone
+cannot tell the last state from the one before it sharply enough for state sequences. On CUDA attention is PyTorch's
 fused ``scaled_dot_product_attention``; on CPU the scores are written out, which is faster there.
 """
 
@@ -29,6 +31,11 @@ from seqlab.models.output import Output
 def alibi_slopes(heads: int) -> Tensor:
     """The geometric slopes 2^(-8/heads), 2^(-16/heads), ... of ALiBi, one per head."""
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
+
+
+def alibi_bias(heads: int, memory: int) -> Tensor:
+    """(heads, memory + 1): each head's score for each distance 0..memory, ALiBi's -slope * distance."""
+    return -alibi_slopes(heads).view(-1, 1) * torch.arange(memory + 1).float()
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, fused: bool) -> tuple[Tensor, Tensor | None]:
@@ -87,15 +94,20 @@ class TransformerLM(nn.Module):
         self.norm = nn.LayerNorm(c.embed_dim)  # no dropout after it: each block's two already apply dropout_out
         self.output = Output(c.embed_dim, c.vocab_size, c.output, c.cutoffs, c.div_value, self.embed if c.tie_weights else None)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.register_buffer("slopes", alibi_slopes(c.heads), persistent=False)
+        self.position_bias = nn.Parameter(alibi_bias(c.heads, c.memory))  # learnt from ALiBi's
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before the scores were learnt was trained with ALiBi's: it reads as it did
+        state_dict.setdefault(prefix + "position_bias", alibi_bias(self.config.heads, self.config.memory))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def bias(self, queries: int, keys: int, device) -> Tensor:
         """(heads, queries, keys) additive scores of the last ``queries`` of ``keys`` positions:
-        -slope * distance inside the band of ``memory``, -inf outside."""
+        the head's learnt score for the distance inside the band of ``memory``, -inf outside."""
         allowed = band_mask(queries, keys, self.config.memory, device)
         q = torch.arange(keys - queries, keys, device=device).unsqueeze(1)
-        distance = (q - torch.arange(keys, device=device).unsqueeze(0)).float()
-        return (-self.slopes.view(-1, 1, 1) * distance).masked_fill(~allowed, float("-inf"))
+        distance = (q - torch.arange(keys, device=device).unsqueeze(0)).clamp(0, self.config.memory)
+        return self.position_bias[:, distance].masked_fill(~allowed, float("-inf"))
 
     def init_state(self, batch_size: int, device=None) -> State:
         """Every layer's key/value cache, empty: ``keys0``, ``values0``, ``keys1``, ..."""
