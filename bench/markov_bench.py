@@ -4,13 +4,17 @@ test cross-entropy beside the chain's (the lowest any model can expect on those 
     python bench/markov_bench.py                       # every setting below
     python bench/markov_bench.py --setting 40x2-1M     # one of them
     python bench/markov_bench.py --setting 40x2-300k -S tune.num_samples=4
+    python bench/markov_bench.py --target ngram --target train \
+        -S tune.space_file=configs/tune_state_sequences.json -S train.tokens=8000000 -S train.eval_every=1000000
+                                                       # the state-sequence profile: the n-grams and the tuned model only
     python bench/markov_bench.py --setting 40x2-1M --keep /tmp/markov   # keep the project, then explain the gap
     python bench/markov_bench.py --setting 40x2-1M --explain /tmp/markov/40x2-1M   # explain a kept project's gap
 
 Each setting is a fresh project (this repository's dvc.yaml, params.yaml, pipelines and src) in a
 temporary folder with the chain's corpus as ``data.source: directory`` and ``tokenize.pattern: \\S+``;
 every other param is params.yaml's, so the numbers are what a user with such data gets from
-``dvc repro``. ``-S section.key=value`` changes a param for every setting. Needs the project's
+``dvc repro``. ``-S section.key=value`` changes a param for every setting; ``--target STAGE`` runs
+only those stages and what they depend on (``dvc repro STAGE ...``). Needs the project's
 environment (``make setup``); a setting takes about as long as ``make repro``.
 
 ``--explain`` splits the neural model's excess over the chain on valid (the mean KL divergence from
@@ -73,7 +77,9 @@ def table(folder: Path, truth: float) -> list[tuple[str, float, float]]:
     rows = []
     for scores in sorted(folder.glob("models/**/scores.json")):
         summary = json.loads(scores.read_text())
-        rows.append((summary["model"], summary["test"]["xent_nats"], summary["test"]["xent_nats"] / truth - 1))
+        nats = summary["test"]["xent_nats"]  # None: a token of zero probability (an unsmoothed MLE)
+        nats = float("inf") if nats is None else nats
+        rows.append((summary["model"], nats, nats / truth - 1))
     return sorted(rows, key=lambda row: row[1])
 
 
@@ -147,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: all")
     parser.add_argument("-S", dest="changes", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--target", action="append", default=[], metavar="STAGE", help="dvc repro these stages only (default: all)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep each setting's project in DIR/<setting> and explain its gap")
     parser.add_argument("--explain", type=Path, metavar="PROJECT", help="only explain the gap of a kept project (of --setting)")
     args = parser.parse_args()
@@ -163,7 +170,7 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             truth = project(folder, chain, train_tokens, changes)
             started = time.perf_counter()
-            result = subprocess.run(["dvc", "repro"], cwd=folder, env=env, capture_output=True, text=True)
+            result = subprocess.run(["dvc", "repro", *args.target], cwd=folder, env=env, capture_output=True, text=True)
             minutes = (time.perf_counter() - started) / 60
             if result.returncode:
                 print(f"{name}: dvc repro failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -171,7 +178,7 @@ def main() -> None:
             tuned = json.loads((folder / "models" / "tune" / "best_config.json").read_text())["overrides"]
             trained = json.loads((folder / "models" / "neural" / "scores.json").read_text())
             print(f"\n{name}: {chain.states} states, order {chain.order}, {chain.support} successors per context, "
-                  f"{train_tokens:,} train tokens; dvc repro {minutes:.1f} min")
+                  f"{train_tokens:,} train tokens; dvc repro {' '.join(args.target)} {minutes:.1f} min".replace("  ", " "))
             print(f"tuned: {tuned}; {trained['tokens_seen']:,} tokens seen, best round {trained['best_round']} "
                   f"of {trained['rounds_run']}")
             print(f"{'model':18} {'test nats/token':>16} {'vs the chain':>13}")

@@ -18,6 +18,7 @@ VARIANTS = [
     replace(TINY, output="full", tie_weights=True),
     replace(TINY, kind="transformer", ff_dim=32),
     replace(TINY, weight_drop=0.5),
+    replace(TINY, kind="feedforward", memory=2),
 ]
 IDS = [f"{c.kind}-{c.rnn}-{c.attention}-{c.output}" + ("-weight_drop" if c.weight_drop else "") for c in VARIANTS]
 
@@ -33,6 +34,17 @@ def features(model, ids, window):
         out, state, _ = model(ids[:, start : start + window], state)
         pieces.append(out)
     return torch.cat(pieces, dim=1)
+
+
+def test_the_feedforward_model_reads_itself_and_memory_tokens_before_it_and_nothing_older():
+    model = model_of(replace(TINY, kind="feedforward", memory=2))
+    ids = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(1))
+    base = features(model, ids, 5)
+    for changed_at, moved in ((6, range(6, 9)), (0, range(0, 3))):
+        changed = ids.clone()
+        changed[:, changed_at] = (changed[:, changed_at] + 1) % 40
+        differs = (features(model, changed, 5) - base).abs().amax(dim=(0, 2)) > 1e-6
+        assert differs.nonzero().flatten().tolist() == list(moved)  # the position itself and the next two only
 
 
 def test_band_mask_allows_itself_and_memory_before_it():

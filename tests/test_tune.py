@@ -108,6 +108,16 @@ def test_the_no_search_file_leaves_either_task_to_params_yaml():
         assert load_space_with(tune, searchable_keys(task)).dimensions == []
 
 
+def test_the_state_sequence_file_searches_the_feedforward_models_reach():
+    """configs/tune_state_sequences.json: the feed-forward n-gram, its reach (``memory``) and rate searched."""
+    space = load_space(PARAMS.tune.model_copy(update={"space_file": str(REPO / "configs" / "tune_state_sequences.json")}))
+    dims = {d.key: d for d in space.dimensions}
+    assert dims["kind"].values == ("feedforward",) and dims["memory"].values == (1, 2, 3)
+    assert dims["dropout"].values == (0.0,) and dims["lr"].log
+    integer = check_space(space, PARAMS, vocab_size=43)
+    assert integer["memory"] and integer["batch_size"] and not integer["lr"]
+
+
 def test_any_model_or_train_key_can_be_searched():
     dims = {d.key: d for d in parse_space({"dropout": {"min": 0.1, "max": 0.5}, "attention": {"values": ["dot", "general"]},
                                             "bptt": {"values": [32, 64]}, "memory": {"min": 16, "max": 64, "log": True}})}

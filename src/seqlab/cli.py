@@ -72,7 +72,9 @@ def _generate(args: argparse.Namespace) -> None:
     if loaded.network is None:
         raise SeqLabError(f"{args.model}: {NOT_NEURAL}")
     config = loaded.network.config
-    if args.visualize and config.kind == "lstm_attention" and config.attention == "none":  # fail before generating
+    if args.visualize and config.kind == "feedforward":  # fail before generating
+        raise SeqLabError(f"{args.model}: this model has no attention to draw (model.kind: feedforward)")
+    if args.visualize and config.kind == "lstm_attention" and config.attention == "none":
         raise SeqLabError(f"{args.model}: this model has no attention to draw (model.attention: none)")
     result = generate(loaded, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed, need_weights=bool(args.visualize))
     print(detokenize(loaded, result.tokens))

@@ -168,11 +168,11 @@ class NgramParams(_Section):
 
 
 class ModelParams(_Section):
-    kind: Literal["lstm_attention", "transformer"]
+    kind: Literal["lstm_attention", "transformer", "feedforward"]
     rnn: Literal["lstm", "gru"]
     attention: Literal["none", "dot", "general", "additive", "multihead"]
     heads: int = Field(ge=1)
-    memory: int = Field(ge=1)  # states before each position that attention sees
+    memory: int = Field(ge=1)  # states before each position that attention sees (feedforward: that it reads)
     embed_dim: int = Field(ge=1)
     hidden_dim: int = Field(ge=1)
     layers: int = Field(ge=1)

@@ -41,9 +41,9 @@ def registered_name(family: str) -> str:
 
 
 def neural_family(kind: str, rnn: str, attention: str) -> str:
-    """``transformer``, ``lstm`` / ``gru`` (no attention) or ``lstm_attention`` / ``gru_attention``."""
-    if kind == "transformer":
-        return "transformer"
+    """``transformer``, ``feedforward``, ``lstm`` / ``gru`` (no attention) or ``lstm_attention`` / ``gru_attention``."""
+    if kind in ("transformer", "feedforward"):
+        return kind
     return rnn if attention == "none" else f"{rnn}_attention"
 
 

@@ -1,4 +1,5 @@
-"""Neural language models: the LSTM with attention and its Transformer baseline, one interface.
+"""Neural language models: the LSTM with attention, its Transformer baseline and the feed-forward
+neural n-gram, one interface.
 
 A model maps token ids and a carried state to features; its ``output`` layer turns features into
 log-probabilities. ``init_state``/``forward(ids, state)`` serve training windows, scoring and
@@ -16,17 +17,18 @@ from dataclasses import replace
 from torch import nn
 
 from seqlab.models.config import ModelConfig
+from seqlab.models.feedforward import FeedForwardLM
 from seqlab.models.lstm_attention import LSTMAttentionLM, State
 from seqlab.models.seq2seq import EncoderDecoder, Seq2SeqConfig
 from seqlab.models.seq2seq_transformer import TransformerEncoderDecoder
 from seqlab.models.transformer import TransformerLM
 
-KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM}
+KINDS = {"lstm_attention": LSTMAttentionLM, "transformer": TransformerLM, "feedforward": FeedForwardLM}
 # the transformer's feed-forward width as recorded in an LSTM's checkpoint, where nothing reads it
 # (the value earlier checkpoints carry, so the same training writes the same bytes)
 UNUSED_FF_DIM = 1024
 
-__all__ = ["KINDS", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "build_seq2seq", "config_from_params",
+__all__ = ["KINDS", "FeedForwardLM", "LSTMAttentionLM", "ModelConfig", "State", "TransformerLM", "build", "build_seq2seq", "config_from_params",
            "count_parameters", "matched_ff_dim", "output_layer"]
 
 

@@ -14,11 +14,11 @@ class ModelConfig:
     """Everything that fixes the architecture; saved in every checkpoint."""
 
     vocab_size: int
-    kind: str  # lstm_attention | transformer
+    kind: str  # lstm_attention | transformer | feedforward
     rnn: str  # lstm | gru
     attention: str  # none | dot | general | additive | multihead
     heads: int  # multihead attention and the transformer
-    memory: int  # each position attends to itself and the `memory` states before it
+    memory: int  # each position attends to (feedforward: reads) itself and the `memory` states before it
     embed_dim: int
     hidden_dim: int
     layers: int
