@@ -19,6 +19,7 @@ VARIANTS = [
     replace(TINY, kind="transformer", ff_dim=32),
     replace(TINY, weight_drop=0.5),
     replace(TINY, kind="feedforward", memory=2),
+    replace(TINY, kind="feedforward", memory=2, hidden_dim=24, output="full", tie_weights=True),
 ]
 IDS = [f"{c.kind}-{c.rnn}-{c.attention}-{c.output}" + ("-weight_drop" if c.weight_drop else "") for c in VARIANTS]
 
