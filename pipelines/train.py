@@ -52,7 +52,7 @@ def main() -> None:
     config = config_from_params(params.model.model_dump(), len(vocab))
     cfg = params.train
     family = neural_family(config.kind, config.rnn, config.attention)
-    name = args.baseline or (family if family in ("transformer", "feedforward", config.rnn) else f"{config.rnn}-{config.attention}")  # lstm-dot, ...
+    name = args.baseline or (f"{config.rnn}-{config.attention}" if family == f"{config.rnn}_attention" else family)  # lstm-dot, ...
     with stage.tracked(f"train {name}", params, "model", "train", outs=(out.folder, out.metrics, out.history, out.curve)) as run:
         train_set, valid, test = (load_eval_set(paths.TOKENS, split, vocab) for split in ("train", "valid", "test"))
         torch.manual_seed(cfg.seed)

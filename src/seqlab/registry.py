@@ -41,8 +41,9 @@ def registered_name(family: str) -> str:
 
 
 def neural_family(kind: str, rnn: str, attention: str) -> str:
-    """``transformer``, ``feedforward``, ``lstm`` / ``gru`` (no attention) or ``lstm_attention`` / ``gru_attention``."""
-    if kind in ("transformer", "feedforward"):
+    """The recurrent model's ``lstm`` / ``gru`` (no attention) or ``lstm_attention`` / ``gru_attention``;
+    every other kind (``transformer``, ``feedforward``) is its own family."""
+    if kind != "lstm_attention":
         return kind
     return rnn if attention == "none" else f"{rnn}_attention"
 

@@ -51,7 +51,7 @@ class FeedForwardLM(nn.Module):
         """ids (B, T) -> features (B, T, hidden_dim; embed_dim where tied), the next state; no attention weights."""
         B, T = ids.shape
         reach = self.config.memory + 1
-        embedded = torch.cat([state["context"].to(self.embed.weight.dtype), self.embed(ids)], dim=1)  # (B, memory + T, E)
+        embedded = torch.cat([state["context"], self.embed(ids)], dim=1)  # (B, memory + T, E)
         windows = embedded.unfold(1, reach, 1).transpose(2, 3).reshape(B, T, -1)  # oldest first: (B, T, reach * E)
         features = self.hidden(self.drop_embed(windows))
         return self.drop_out(features), {"context": embedded[:, T:]}, None
