@@ -9,12 +9,14 @@ test cross-entropy beside the chain's (the lowest any model can expect on those 
                                                        # the state-sequence profile: the n-grams and the tuned model only
     python bench/markov_bench.py --setting 40x2-1M --keep /tmp/markov   # keep the project, then explain the gap
     python bench/markov_bench.py --setting 40x2-1M --explain /tmp/markov/40x2-1M   # explain a kept project's gap
+    python bench/markov_bench.py --setting 40x2-1M --hybrid /tmp/markov/40x2-1M    # the hybrid of a project run with --target
 
 Each setting is a fresh project (this repository's dvc.yaml, params.yaml, pipelines and src) in a
 temporary folder with the chain's corpus as ``data.source: directory`` and ``tokenize.pattern: \\S+``;
 every other param is params.yaml's, so the numbers are what a user with such data gets from
-``dvc repro``. ``-S section.key=value`` changes a param for every setting; ``--target STAGE`` runs
-only those stages and what they depend on (``dvc repro STAGE ...``). Needs the project's
+``dvc repro evaluate`` (every language model, the hybrid and the leaderboard; the sequence-to-sequence
+task is left out). ``-S section.key=value`` changes a param for every setting; ``--target STAGE``
+runs those stages and what they depend on instead (``dvc repro STAGE ...``). Needs the project's
 environment (``make setup``); a setting takes about as long as ``make repro``.
 
 ``--explain`` splits the neural model's excess over the chain on valid (the mean KL divergence from
@@ -23,6 +25,9 @@ successors the chain never takes; the divergence of the model's prediction avera
 position with the same chain context (what remains if the model read only the chain's own
 context); and the rest, the divergence that comes from predictions moving with states older than
 the chain's order (learnt from the training sequences, absent from the chain).
+
+``--hybrid`` prints what the ``hybrid`` stage gives (``hybrid.ngram: best``) in a kept project that
+ran ``--target train``, with its tuned model as the neural part: the baselines are left out.
 """
 
 from __future__ import annotations
@@ -149,16 +154,54 @@ def print_explanation(folder: Path, chain: Chain) -> None:
           f"{e['impossible_mass']:.2%} of its mass on successors the chain never takes")
 
 
+def hybrid(folder: Path) -> tuple[str, float, float, float, dict[str, float]]:
+    """What the ``hybrid`` stage gives with ``hybrid.ngram: best`` in a kept project, its tuned model
+    (``models/neural``) as the neural part: the n-gram model chosen, the neural weight, test nats per
+    token of the mix and of the n-gram model alone, and each estimator's mix on valid (nats per token)."""
+    from seqlab.hybrid import Interpolated, Remembered, best_mix
+    from seqlab.loading import open_model
+    from seqlab.scoring import load_eval_set, read_summary, score
+    from seqlab.vocab import load_vocab
+
+    vocab = load_vocab(folder / "data" / "vocab")
+    valid, test = (load_eval_set(folder / "data" / "tokens", split, vocab) for split in ("valid", "test"))
+    neural = Remembered(open_model(folder / "models" / "neural" / "model.pt", vocab))
+    best = {}  # estimator -> (valid ppl, name, folder) of its best order
+    for f in sorted((folder / "models" / "ngram").iterdir()):
+        summary = read_summary(f)
+        best[summary["estimator"]] = min(best.get(summary["estimator"], (float("inf"),)), (summary["valid"]["ppl"], summary["model"], f))
+    opened = {name: Remembered(open_model(f / "model.npz", vocab)) for _, name, f in best.values()}
+    chosen, weights, _, candidates = best_mix(neural.log_probs(valid.segments)[valid.scored],
+                                              {name: model.log_probs(valid.segments)[valid.scored] for name, model in opened.items()})
+    alone = next(summary for summary in map(read_summary, (f for _, _, f in best.values())) if summary["model"] == chosen)
+    mixed = score(Interpolated([neural, opened[chosen]], weights), test).xent_nats
+    return chosen, float(weights[0]), mixed, alone["test"]["xent_nats"], candidates
+
+
+def print_hybrid(folder: Path, truth: float) -> None:
+    chosen, weight, nats, alone, candidates = hybrid(folder)
+    print(f"hybrid (hybrid.ngram: best): the tuned model x {weight:.4f} + {chosen} x {1 - weight:.4f}: test {nats:.5f} nats/token "
+          f"({nats / truth - 1:+.3%} vs the chain; {chosen} alone {alone:.5f}, {alone / truth - 1:+.3%}); each estimator's mix on valid: "
+          + ", ".join(f"{name} {x:.4f}" for name, x in sorted(candidates.items(), key=lambda item: item[1])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: all")
     parser.add_argument("-S", dest="changes", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--target", action="append", default=[], metavar="STAGE", help="dvc repro these stages only (default: all)")
+    parser.add_argument("--target", action="append", default=[], metavar="STAGE", help="dvc repro these stages (default: evaluate)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep each setting's project in DIR/<setting> and explain its gap")
     parser.add_argument("--explain", type=Path, metavar="PROJECT", help="only explain the gap of a kept project (of --setting)")
+    parser.add_argument("--hybrid", type=Path, metavar="PROJECT", help="only print the hybrid of a kept project's tuned model")
     args = parser.parse_args()
     if args.explain:
         print_explanation(args.explain, SETTINGS[(args.setting or ["40x2-1M"])[0]][0])
+        return
+    if args.hybrid:
+        chain, train_tokens = SETTINGS[(args.setting or ["40x2-1M"])[0]]
+        with tempfile.TemporaryDirectory() as tmp:  # the chain's truth: its corpus drawn again, the same seeds
+            truth = write_corpus(chain, tmp, train_tokens, train_tokens // 10)["test"]
+        print_hybrid(args.hybrid, truth)
         return
     changes = {key: yaml.safe_load(value) for key, value in (c.split("=", 1) for c in args.changes)}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "false"}
@@ -170,7 +213,8 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             truth = project(folder, chain, train_tokens, changes)
             started = time.perf_counter()
-            result = subprocess.run(["dvc", "repro", *args.target], cwd=folder, env=env, capture_output=True, text=True)
+            targets = args.target or ["evaluate"]  # the language models' stages (the seq2seq task needs pairs)
+            result = subprocess.run(["dvc", "repro", *targets], cwd=folder, env=env, capture_output=True, text=True)
             minutes = (time.perf_counter() - started) / 60
             if result.returncode:
                 print(f"{name}: dvc repro failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -178,7 +222,7 @@ def main() -> None:
             tuned = json.loads((folder / "models" / "tune" / "best_config.json").read_text())["overrides"]
             trained = json.loads((folder / "models" / "neural" / "scores.json").read_text())
             print(f"\n{name}: {chain.states} states, order {chain.order}, {chain.support} successors per context, "
-                  f"{train_tokens:,} train tokens; dvc repro {' '.join(args.target)} {minutes:.1f} min".replace("  ", " "))
+                  f"{train_tokens:,} train tokens; dvc repro {' '.join(targets)} {minutes:.1f} min")
             print(f"tuned: {tuned}; {trained['tokens_seen']:,} tokens seen, best round {trained['best_round']} "
                   f"of {trained['rounds_run']}")
             print(f"{'model':18} {'test nats/token':>16} {'vs the chain':>13}")

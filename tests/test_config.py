@@ -147,7 +147,7 @@ def test_dotted_overrides_go_in_before_validation():
     (lambda p: p["seq2seq_baselines"].update(broken={"attention": "bahdanau"}),
      "seq2seq_baselines.broken: attention: Input should be 'none', 'dot', 'general', 'additive' or 'multihead' (got 'bahdanau')"),
     (lambda p: p["seq2seq_baselines"].update(broken={"atention": "none"}), "seq2seq_baselines.broken.seq2seq.atention: unknown key"),
-    (lambda p: p["hybrid"].update(ngram="kenlm"), "hybrid.ngram: 'kenlm' is not among ngram.estimators"),
+    (lambda p: p["hybrid"].update(ngram="kenlm"), "hybrid.ngram: 'kenlm' is neither best nor among ngram.estimators"),
     (lambda p: p["register"].update(on_new_test_set="always"), "register.on_new_test_set: Input should be 'challenger' or 'promote'"),
 ])
 def test_baseline_hybrid_and_register_checks(tmp_path, change, expected):

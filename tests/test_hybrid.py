@@ -8,7 +8,7 @@ import pytest
 from seqlab.errors import SeqLabError
 from seqlab.loading import open_model
 from seqlab.scoring import eval_set, score
-from seqlab.hybrid import Interpolated, fit_weights, load_spec, mix, spec, weight_curve
+from seqlab.hybrid import Interpolated, best_mix, fit_weights, load_spec, mix, spec, weight_curve
 from seqlab.ngram import count, estimate
 from seqlab.ngram.counts import Segments
 from seqlab.ngram.model_file import save_model
@@ -35,7 +35,7 @@ def test_a_mix_of_distributions_is_a_distribution():
         assert mixed == pytest.approx(weight * p + (1 - weight) * q, rel=1e-12)
 
 
-def test_em_finds_the_weight_a_fine_grid_finds():
+def test_the_weight_of_two_models_is_the_one_a_fine_grid_finds():
     rng = np.random.default_rng(1)
     a, b = np.log(rng.uniform(0.01, 0.5, 2000)), np.log(rng.uniform(0.01, 0.5, 2000))
     weights, iterations = fit_weights([a, b])
@@ -46,10 +46,48 @@ def test_em_finds_the_weight_a_fine_grid_finds():
     assert fitted <= ppl.min() * (1 + 1e-9)
 
 
-def test_em_puts_all_weight_on_a_model_that_is_always_better():
+def test_two_alike_models_get_the_optimum_near_an_end_where_em_stalls():
+    rng = np.random.default_rng(3)
+    ngram = np.log(rng.dirichlet(np.ones(40), 20000).max(axis=1))
+    neural = ngram + rng.normal(-0.004, 0.06, 20000)  # a little worse, and noisy: the optimum is near 0
+    weights, _ = fit_weights([neural, ngram])
+    grid, ppl = weight_curve([neural, ngram], points=20001)
+    fitted = np.exp(-mix([neural, ngram], weights).mean())
+    assert fitted <= ppl.min() * (1 + 1e-12) and fitted <= np.exp(-ngram.mean())
+    assert weights[0] == pytest.approx(grid[ppl.argmin()], abs=1e-4)
+    em = np.full(2, 0.5)
+    for _ in range(500):  # the general method from the same start: far from there after 500 steps
+        joint = np.stack([neural, ngram]) + np.log(em)[:, None]
+        em = np.exp(joint - np.logaddexp.reduce(joint, axis=0)).mean(axis=1)
+    assert np.exp(-mix([neural, ngram], em).mean()) > fitted * (1 + 1e-6)
+
+
+def test_more_than_two_models_get_em_weights_no_worse_than_an_even_mix():
+    rng = np.random.default_rng(4)
+    parts = [np.log(rng.uniform(0.01, 0.5, 3000)) for _ in range(3)]
+    weights, iterations = fit_weights(parts)
+    assert weights.sum() == pytest.approx(1.0) and iterations > 1
+    assert -mix(parts, weights).mean() <= -mix(parts, np.full(3, 1 / 3)).mean()
+
+
+def test_all_weight_goes_to_a_model_that_is_always_better():
     a = np.log(np.full(500, 0.4))
     weights, _ = fit_weights([a, a - 2.0])
     assert weights[0] > 0.999
+
+
+def test_the_best_mix_is_the_candidate_whose_fitted_mix_is_best_not_the_best_candidate_alone():
+    rng = np.random.default_rng(2)
+    p = rng.uniform(0.05, 0.3, 4000)
+    neural = np.log(p)
+    alone_better = np.log(p * 0.98)  # a little worse than the neural model everywhere: adds nothing to it
+    complementary = np.log(np.where(np.arange(4000) % 2 == 0, p * 3, p * 0.2))  # worse alone, better on half
+    assert -alone_better.mean() < -complementary.mean()
+    chosen, weights, iterations, candidates = best_mix(neural, {"a": alone_better, "b": complementary})
+    assert chosen == "b" and iterations >= 1 and weights.sum() == pytest.approx(1.0)
+    assert candidates["b"] == pytest.approx(-mix([neural, complementary], weights).mean())
+    assert candidates["a"] == pytest.approx(-neural.mean(), abs=1e-4) and candidates["b"] < candidates["a"]
+    assert candidates["b"] == pytest.approx(min(-mix([neural, complementary], [w, 1 - w]).mean() for w in np.linspace(0, 1, 2001)), abs=1e-6)
 
 
 def test_bad_weights_are_refused():

@@ -406,15 +406,19 @@ def test_baselines_are_the_tuned_model_with_their_changes_and_the_same_budget(pr
     assert (project / "plots" / "baselines" / "transformer.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_hybrid_interpolates_the_best_neural_model_with_mkn(project):
+def test_hybrid_interpolates_the_best_neural_model_with_the_n_gram_whose_mix_is_best_on_valid(project):
     spec = json.loads((project / "models" / "hybrid" / "hybrid.json").read_text())
     hybrid = json.loads((project / "models" / "hybrid" / "scores.json").read_text())
     board = pd.read_csv(project / "metrics" / "leaderboard.csv").set_index("model")
     [neural, ngram] = [part["model"] for part in spec["parts"]]
     assert neural == board[board.family == "neural"].valid_ppl.idxmin()
-    assert ngram == board[board.estimator == "mkn"].valid_ppl.idxmin()
+    candidates = spec["fit"]["candidates_valid_nats"]  # hybrid.ngram: best, each estimator at its best order
+    assert sorted(candidates) == sorted(board[board.family == "ngram"].groupby("estimator").valid_ppl.idxmin())
+    assert ngram == min(candidates, key=candidates.get)
+    assert hybrid["valid"]["xent_nats"] == pytest.approx(candidates[ngram], abs=1e-6)
     assert sum(part["weight"] for part in spec["parts"]) == pytest.approx(1.0)
-    assert hybrid["valid"]["ppl"] <= min(board.loc[neural, "valid_ppl"], board.loc[ngram, "valid_ppl"]) * (1 + 1e-6)
+    parts = [json.loads((project / part["file"]).parent.joinpath("scores.json").read_text()) for part in spec["parts"]]
+    assert hybrid["valid"]["xent_nats"] <= min(part["valid"]["xent_nats"] for part in parts) + 1e-12  # never worse than a part
     assert hybrid["test"]["fingerprint"] == json.loads((project / "models" / "neural" / "scores.json").read_text())["test"]["fingerprint"]
     scored = sh(project, str(BIN / "seqlab"), "score", "models/hybrid").stdout
     assert f"perplexity {hybrid['test']['ppl']:.4f}" in scored  # the CLI and the stage agree to the digit

@@ -349,7 +349,9 @@ class Seq2SeqTuneParams(TuneParams):
 
 
 class HybridParams(_Section):
-    ngram: str = Field(min_length=1)  # the estimator interpolated with the best neural model (its best order on valid)
+    # the estimator interpolated with the best neural model (its best order on valid); best: every
+    # estimator's best order is tried and the one whose mix is best on valid is kept
+    ngram: str = Field(min_length=1)
 
 
 class RegisterParams(_Section):
@@ -399,8 +401,8 @@ class Params(_Section):
                 seq2seq_with(self, name)
             except SeqLabError as err:
                 raise ValueError(str(err)) from None
-        if self.hybrid.ngram not in self.ngram.estimators:
-            raise ValueError(f"hybrid.ngram: {self.hybrid.ngram!r} is not among ngram.estimators {self.ngram.estimators}")
+        if self.hybrid.ngram != "best" and self.hybrid.ngram not in self.ngram.estimators:
+            raise ValueError(f"hybrid.ngram: {self.hybrid.ngram!r} is neither best nor among ngram.estimators {self.ngram.estimators}")
         return self
 
 
