@@ -3,9 +3,10 @@
 The weights are fitted on valid: the log-likelihood is concave in them, so the optimum is global.
 Two models (the hybrid) get it exactly, by bisection on the derivative; more get EM (each step sets a
 weight to the mean posterior share of its model; the valid likelihood never decreases). A weight of 1
-on one model is among the candidates, so on valid the hybrid is never worse than its best part. ``best_mix`` picks the n-gram part: of several candidates, the one
-whose fitted mix is best on held-out data. On disk a hybrid is ``hybrid.json``: each part's file,
-its MD5 and its weight, and the candidates' mixes it was chosen from.
+on one model is among the candidates, so on valid the hybrid is never worse than its best part.
+``best_mix`` picks the n-gram part: of several candidates, the one whose fitted mix is best on
+held-out data. On disk a hybrid is ``hybrid.json``: each part's file, its MD5 and its weight, and
+the candidates' mixes it was chosen from.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _weight_of_two(a: np.ndarray, b: np.ndarray, tolerance: float = 1e-12) -> tu
 
 def best_mix(neural: np.ndarray, ngrams: dict[str, np.ndarray]) -> tuple[str, np.ndarray, int, dict[str, float]]:
     """The n-gram model whose mix with the neural model is best on held-out positions: its name, the
-    weights (neural first), EM's iterations, and every candidate's mix in nats per token (the name
+    weights (neural first), the fit's steps, and every candidate's mix in nats per token (the name
     first in order wins a tie)."""
     fits = {}
     for name in sorted(ngrams):
