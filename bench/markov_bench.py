@@ -10,6 +10,7 @@ test cross-entropy beside the chain's (the lowest any model can expect on those 
     python bench/markov_bench.py --setting 40x2-1M --keep /tmp/markov   # keep the project, then explain the gap
     python bench/markov_bench.py --setting 40x2-1M --explain /tmp/markov/40x2-1M   # explain a kept project's gap
     python bench/markov_bench.py --setting 40x2-1M --hybrid /tmp/markov/40x2-1M    # the hybrid of a project run with --target
+    python bench/markov_bench.py --setting 40x2-1M --oracle /tmp/markov/40x2-1M    # the chain's own estimate from the counts
 
 Each setting is a fresh project (this repository's dvc.yaml, params.yaml, pipelines and src) in a
 temporary folder with the chain's corpus as ``data.source: directory`` and ``tokenize.pattern: \\S+``;
@@ -28,6 +29,10 @@ the chain's order (learnt from the training sequences, absent from the chain).
 
 ``--hybrid`` prints what the ``hybrid`` stage gives (``hybrid.ngram: best``) in a kept project that
 ran ``--target train``, with its tuned model as the neural part: the baselines are left out.
+
+``--oracle`` prints the test cross-entropy of the chain's own posterior mean given a kept project's
+train counts, with each context's successors, the end's probability and the Dirichlet concentration
+known: a bound no model of the counts can expect to pass, below the n-grams.
 """
 
 from __future__ import annotations
@@ -185,6 +190,33 @@ def print_hybrid(folder: Path, truth: float) -> None:
           + ", ".join(f"{name} {x:.4f}" for name, x in sorted(candidates.items(), key=lambda item: item[1])))
 
 
+def oracle(folder: Path, chain: Chain) -> float:
+    """Test nats per token of the chain's Dirichlet posterior mean given a kept project's train counts,
+    knowing what no model knows: each context's successors, the end's probability and the
+    concentration. How far below the n-grams a model of those counts could go."""
+    import numpy as np
+
+    table, width = chain.table, chain.states + 1
+
+    def positions(split: str):
+        for line in (folder / "data" / "corpus" / f"{split}.txt").read_text(encoding="utf-8").splitlines():
+            context = [chain.states] * chain.order
+            for symbol in [int(token[1:]) for token in line.split()] + [chain.states]:
+                yield chain.context_index(context), symbol
+                context = [*context[1:], symbol]
+
+    counts = np.zeros_like(table)
+    np.add.at(counts, tuple(np.array(list(positions("train"))).T), 1)
+    successors = table > 0
+    successors[:, chain.states] = False
+    end = table[:, chain.states]
+    posterior = np.where(successors, counts + chain.alpha, 0.0)
+    posterior *= ((1 - end) / posterior.sum(axis=1))[:, None]
+    posterior[:, chain.states] = end
+    contexts, symbols = np.array(list(positions("test"))).T
+    return float(-np.log(posterior[contexts, symbols]).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: all")
@@ -193,9 +225,18 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep each setting's project in DIR/<setting> and explain its gap")
     parser.add_argument("--explain", type=Path, metavar="PROJECT", help="only explain the gap of a kept project (of --setting)")
     parser.add_argument("--hybrid", type=Path, metavar="PROJECT", help="only print the hybrid of a kept project's tuned model")
+    parser.add_argument("--oracle", type=Path, metavar="PROJECT", help="only print the chain's own estimate from a kept project's counts")
     args = parser.parse_args()
     if args.explain:
         print_explanation(args.explain, SETTINGS[(args.setting or ["40x2-1M"])[0]][0])
+        return
+    if args.oracle:
+        chain, train_tokens = SETTINGS[(args.setting or ["40x2-1M"])[0]]
+        with tempfile.TemporaryDirectory() as tmp:
+            truth = write_corpus(chain, tmp, train_tokens, train_tokens // 10)["test"]
+        nats = oracle(args.oracle, chain)
+        print(f"the chain's posterior mean from the train counts, its successors known: test {nats:.4f} nats/token "
+              f"({nats / truth - 1:+.2%} vs the chain's {truth:.4f})")
         return
     if args.hybrid:
         chain, train_tokens = SETTINGS[(args.setting or ["40x2-1M"])[0]]
