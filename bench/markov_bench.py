@@ -165,22 +165,22 @@ def hybrid(folder: Path) -> tuple[str, float, float, float, dict[str, float]]:
     token of the mix and of the n-gram model alone, and each estimator's mix on valid (nats per token)."""
     from seqlab.hybrid import Interpolated, Remembered, best_mix
     from seqlab.loading import open_model
-    from seqlab.scoring import load_eval_set, read_summary, score
+    from seqlab.scoring import best_on_valid, load_eval_set, score
     from seqlab.vocab import load_vocab
 
     vocab = load_vocab(folder / "data" / "vocab")
     valid, test = (load_eval_set(folder / "data" / "tokens", split, vocab) for split in ("valid", "test"))
     neural = Remembered(open_model(folder / "models" / "neural" / "model.pt", vocab))
-    best = {}  # estimator -> (valid ppl, name, folder) of its best order
-    for f in sorted((folder / "models" / "ngram").iterdir()):
-        summary = read_summary(f)
-        best[summary["estimator"]] = min(best.get(summary["estimator"], (float("inf"),)), (summary["valid"]["ppl"], summary["model"], f))
-    opened = {name: Remembered(open_model(f / "model.npz", vocab)) for _, name, f in best.values()}
+    folders = sorted((folder / "models" / "ngram").iterdir())  # <estimator>-<order>
+    by_estimator = {f.name.rsplit("-", 1)[0]: [] for f in folders}
+    for f in folders:
+        by_estimator[f.name.rsplit("-", 1)[0]].append(f)
+    ngrams = {summary["model"]: (f, summary) for f, summary in map(best_on_valid, by_estimator.values())}  # as the stage picks
+    opened = {name: Remembered(open_model(f / "model.npz", vocab)) for name, (f, _) in ngrams.items()}
     chosen, weights, _, candidates = best_mix(neural.log_probs(valid.segments)[valid.scored],
                                               {name: model.log_probs(valid.segments)[valid.scored] for name, model in opened.items()})
-    alone = next(summary for summary in map(read_summary, (f for _, _, f in best.values())) if summary["model"] == chosen)
     mixed = score(Interpolated([neural, opened[chosen]], weights), test).xent_nats
-    return chosen, float(weights[0]), mixed, alone["test"]["xent_nats"], candidates
+    return chosen, float(weights[0]), mixed, ngrams[chosen][1]["test"]["xent_nats"], candidates
 
 
 def print_hybrid(folder: Path, truth: float) -> None:

@@ -12,16 +12,10 @@ from seqlab.hybrid import Interpolated, Remembered, best_mix, plot_weights, spec
 from seqlab.io import atomic_path, write_json
 from seqlab.loading import open_model
 from seqlab.registry import registered_name
-from seqlab.scoring import Summary, load_eval_set, read_summary, score
+from seqlab.scoring import Summary, best_on_valid, load_eval_set, score
 from seqlab.vocab import load_vocab
 
 PLOT = "plots/hybrid.png"
-
-
-def best_on_valid(folders: list[str]) -> tuple[str, dict]:
-    summaries = {folder: read_summary(folder) for folder in folders}
-    folder = min(summaries, key=lambda f: (summaries[f]["valid"]["ppl"], f))
-    return folder, summaries[folder]
 
 
 @exit_on_error
@@ -42,7 +36,8 @@ def main() -> None:
         ngram, candidates = ngrams[ngram_dir], {ngrams[folder]["model"]: nats for folder, nats in candidates.items()}
         files = [f"{neural_dir}/model.pt", f"{ngram_dir}/model.npz"]
         names = [neural["model"], ngram["model"]]
-        parts = [neural_part, opened[ngram_dir]]
+        parts = [neural_part, opened.pop(ngram_dir)]
+        del opened  # the other candidates' tables need not stay in memory
         print(f"hybrid: {names[0]} (valid ppl {neural['valid']['ppl']:.2f}) with {names[1]} (valid ppl {ngram['valid']['ppl']:.2f})")
         if len(candidates) > 1:
             print("hybrid: each estimator's mix on valid (ppl): " + ", ".join(

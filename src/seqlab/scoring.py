@@ -254,3 +254,11 @@ def read_summary(folder) -> dict:
         if scores["zero_prob_tokens"]:
             scores.update({key: math.inf for key in INFINITE_WITH_ZEROS if scores[key] is None})
     return summary
+
+
+def best_on_valid(folders) -> tuple:
+    """(folder, summary) of the model folder with the lowest valid perplexity (the first folder by
+    name on a tie)."""
+    summaries = {folder: read_summary(folder) for folder in folders}
+    folder = min(summaries, key=lambda f: (summaries[f]["valid"]["ppl"], str(f)))
+    return folder, summaries[folder]
